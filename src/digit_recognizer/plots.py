@@ -1,0 +1,91 @@
+"""The figures of a run: learning curves, confusion matrix, and the most confident mistakes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import ConfusionMatrixDisplay
+
+from .data import SIDE
+from .files import atomic_path
+
+
+def _save(fig: plt.Figure, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_curves(history: list[dict], path: str | Path) -> None:
+    """Loss and accuracy of the training and validation sets per epoch, as in the seed kernel."""
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
+    for ax, key, title in ((ax_loss, "loss", "Loss"), (ax_acc, "accuracy", "Accuracy")):
+        ax.plot(epochs, [row[key] for row in history], "b-", marker=".", label=f"Training {key}")
+        ax.plot(epochs, [row[f"val_{key}"] for row in history], "r-", marker=".", label=f"Validation {key}")
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+    ax_acc.set_xlabel("Epoch")
+    fig.suptitle("Training and validation curves")
+    _save(fig, path)
+
+
+def plot_confusion(labels: np.ndarray, predicted: np.ndarray, path: str | Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ConfusionMatrixDisplay.from_predictions(
+        labels, predicted, labels=list(range(10)), ax=ax, cmap="Blues", colorbar=False
+    )
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_errors(
+    images: np.ndarray, labels: np.ndarray, proba: np.ndarray, indices: np.ndarray, path: str | Path
+) -> None:
+    """A grid of the given images, each titled with its true and predicted label and the confidence."""
+    cols = 6
+    rows = max(1, -(-len(indices) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.7, rows * 2.0), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, indices, strict=False):
+        predicted = int(proba[i].argmax())
+        ax.imshow(images[i].reshape(SIDE, SIDE), cmap="gray_r", vmin=0, vmax=255)
+        ax.set_title(f"true {labels[i]}  pred {predicted}\np={proba[i, predicted]:.2f}", fontsize=9)
+    if len(indices) == 0:
+        axes.flat[0].text(0.5, 0.5, "no errors", ha="center", va="center", fontsize=14)
+    fig.suptitle("Most confident mistakes on the validation set")
+    _save(fig, path)
+
+
+def plot_comparison(table: pd.DataFrame, path: str | Path) -> None:
+    """Accuracy and time per method, side by side, best accuracy on top."""
+    table = table.sort_values("accuracy")
+    names = table["model"].tolist()
+    y = np.arange(len(names))
+    fig, (ax_acc, ax_time) = plt.subplots(1, 2, figsize=(11, 0.55 * len(names) + 1.8), sharey=True)
+    ax_acc.barh(y, table["accuracy"] * 100, color="tab:blue")
+    low = max(0.0, table["accuracy"].min() * 100 - 2)
+    ax_acc.set_xlim(low, 100)
+    for yi, acc in zip(y, table["accuracy"], strict=True):
+        ax_acc.text(acc * 100, yi, f" {acc * 100:.2f}%", va="center", fontsize=9)
+    ax_acc.set_yticks(y, names)
+    ax_acc.set_xlabel("validation accuracy (%)")
+    ax_acc.set_title("Accuracy")
+    ax_time.barh(y - 0.2, table["fit_seconds"], height=0.4, label="fit", color="tab:orange")
+    ax_time.barh(y + 0.2, table["predict_seconds"], height=0.4, label="predict (validation part)", color="tab:green")
+    ax_time.set_xscale("log")
+    ax_time.set_xlabel("seconds (log scale)")
+    ax_time.set_title("Time")
+    ax_time.legend(loc="lower right", fontsize=8)
+    for ax in (ax_acc, ax_time):
+        ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)

@@ -1,0 +1,81 @@
+"""Turning an arbitrary picture of a digit into an MNIST-like 28x28 image.
+
+MNIST's digits were size-normalised to fit a 20x20 box (keeping their aspect ratio, anti-aliased) and then
+centred in a 28x28 field by their centre of mass. A digit drawn large and off-centre on a 280x280 canvas, or
+photographed dark on light, must go through the same steps before the network sees it.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .data import SIDE
+
+BOX = 20
+MAX_SIDE = 4096
+
+
+class ImageError(ValueError):
+    """An image that cannot be turned into a digit; the message says why."""
+
+
+def decode(data: bytes, max_side: int = MAX_SIDE) -> Image.Image:
+    """Open PNG/JPEG/... bytes, refusing images larger than ``max_side`` on a side before decoding them."""
+    if not data:
+        raise ImageError("empty body: expected an image")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError):
+        raise ImageError("the body is not an image PIL can read (PNG, JPEG, ...)") from None
+    width, height = image.size  # read from the header; pixels are not decoded yet
+    if width > max_side or height > max_side:
+        raise ImageError(f"image is {width}x{height}; at most {max_side} pixels on a side")
+    try:
+        image.load()
+    except (OSError, Image.DecompressionBombError) as err:
+        raise ImageError(f"cannot decode the image ({err})") from None
+    return image
+
+
+def to_grey(image: Image.Image) -> np.ndarray:
+    """Grey levels 0-255 as float; transparent pixels count as white paper."""
+    if image.mode in ("RGBA", "LA", "P"):
+        image = image.convert("RGBA")
+        paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(paper, image)
+    return np.asarray(image.convert("L"), dtype=np.float32)
+
+
+def mnist_like(image: Image.Image) -> np.ndarray:
+    """A uint8 ``(784,)`` vector like Kaggle's rows: white digit (high values) on black, 20x20 box, centred."""
+    grey = to_grey(image)
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if np.median(border) > 127:  # dark ink on light paper: MNIST's ink is the high value
+        grey, border = 255.0 - grey, 255.0 - border
+    grey = np.clip(grey - np.median(border), 0, 255)  # paper that is not quite black becomes 0
+    if grey.max() < 32:
+        raise ImageError("no digit found: the image is blank")
+    # Crop to the ink, ignoring faint noise.
+    rows = np.flatnonzero(grey.max(axis=1) > 0.2 * grey.max())
+    cols = np.flatnonzero(grey.max(axis=0) > 0.2 * grey.max())
+    ink = grey[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    # Fit into the 20x20 box keeping the aspect ratio; LANCZOS anti-aliases when shrinking.
+    h, w = ink.shape
+    scale = BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.asarray(Image.fromarray(ink.astype(np.uint8)).resize(size, Image.Resampling.LANCZOS),
+                       dtype=np.float32)
+    small = 255.0 * small / max(small.max(), 1.0)
+    # Centre of mass to the field's centre.
+    field = np.zeros((SIDE, SIDE), dtype=np.float32)
+    total = small.sum()
+    yy, xx = np.indices(small.shape)
+    com_y, com_x = (yy * small).sum() / total, (xx * small).sum() / total
+    top = int(np.clip(round(SIDE / 2 - com_y - 0.5), 0, SIDE - small.shape[0]))
+    left = int(np.clip(round(SIDE / 2 - com_x - 0.5), 0, SIDE - small.shape[1]))
+    field[top:top + small.shape[0], left:left + small.shape[1]] = small
+    return np.clip(field, 0, 255).astype(np.uint8).reshape(-1)
+

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from digit_recognizer.data import Digits, load_embedded, write_csv
+from digit_recognizer.pipeline import train_run
+from digit_recognizer.train import TrainConfig
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "digit-recognizer"
+
+
+@pytest.fixture(scope="session")
+def embedded() -> tuple[Digits, Digits]:
+    return load_embedded()
+
+
+@pytest.fixture(scope="session")
+def small_data_dir(tmp_path_factory, embedded) -> Path:
+    """A Kaggle-style folder with 200 labelled and 30 unlabelled real digits."""
+    train, test = embedded
+    folder = tmp_path_factory.mktemp("small")
+    write_csv(Digits(train.images[:200], train.labels[:200]), folder / "train.csv")
+    write_csv(Digits(test.images[:30]), folder / "test.csv")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory, embedded) -> Path:
+    """A network trained on the embedded digits: good enough to read clear digits, quick to train."""
+    out = tmp_path_factory.mktemp("served")
+    train, _ = embedded
+    cfg = TrainConfig(epochs=8, filters=(16, 32, 64), dense=128, batch_size=64, optimizer="adam")
+    train_run(train, out, "cnn", cfg, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The competition's files, where this checkout has them beside it; the tests that need them skip otherwise."""
+    if not (SHARED_DATA / "train.csv.gz").is_file():
+        pytest.skip(f"competition data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def asymmetric_digit() -> np.ndarray:
+    """A 28x28 uint8 image with all its ink in the left half: a flip would move it to the right."""
+    image = np.zeros((28, 28), dtype=np.uint8)
+    image[6:22, 5:11] = 255
+    return image

@@ -1,0 +1,70 @@
+"""A real browser draws a 3 on the page's canvas with the mouse and reads the prediction the page shows."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+import uvicorn
+
+from digit_recognizer.serve import TorchPredictor, create_app
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(served_run):
+    port = free_port()
+    config = uvicorn.Config(create_app(TorchPredictor(served_run)), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "server did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+# A 3 as two bowls, in canvas coordinates (280x280).
+THREE = [(95, 70), (125, 52), (165, 52), (190, 75), (188, 105), (165, 128), (135, 138),
+         (170, 148), (195, 175), (192, 210), (165, 232), (125, 235), (92, 215)]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package 'chromium')")
+def test_draw_a_three_and_read_the_prediction(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--no-first-run", "--disable-sync"],
+        )
+        try:
+            page = browser.new_page()
+            page.goto(server)
+            box = page.locator("#pad").bounding_box()
+            page.mouse.move(box["x"] + THREE[0][0], box["y"] + THREE[0][1])
+            page.mouse.down()
+            for x, y in THREE[1:]:
+                page.mouse.move(box["x"] + x, box["y"] + y, steps=6)
+            page.mouse.up()
+            page.wait_for_function("document.getElementById('digit').dataset.label !== ''", timeout=15_000)
+            assert page.locator("#digit").inner_text().strip() == "3"
+            assert page.locator("#bars .bar").count() == 10
+            page.click("#clear")
+            assert page.locator("#digit").inner_text().strip() == "\u2013"  # the page shows a dash when empty
+        finally:
+            browser.close()

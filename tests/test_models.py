@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from digit_recognizer.models import SeedCNN, build_network, load_network, save_network
+
+
+def conv(c_in: int, c_out: int, k: int) -> int:
+    return c_in * c_out * k * k + c_out
+
+
+def test_output_shape():
+    network = SeedCNN().eval()
+    assert network(torch.rand(5, 1, 28, 28)).shape == (5, 10)
+
+
+def test_parameter_count_matches_the_seed_architecture():
+    expected = (
+        conv(1, 32, 5) + conv(32, 32, 5) + 2 * 32          # conv pair + BatchNorm
+        + conv(32, 64, 3) + conv(64, 64, 3) + 2 * 64
+        + conv(64, 128, 3) + conv(128, 128, 3) + 2 * 128
+        + (128 * 7 * 7 * 256 + 256) + 2 * 256              # Dense + BatchNorm
+        + (256 * 10 + 10)                                  # Out
+    )
+    assert sum(p.numel() for p in SeedCNN().parameters()) == expected == 1_912_746
+
+
+def test_layer_order_follows_the_seed():
+    kinds = [type(m).__name__ for m in SeedCNN().modules() if not isinstance(m, torch.nn.Sequential)][1:]
+    block = ["Conv2d", "ReLU", "Conv2d", "ReLU", "BatchNorm2d"]
+    assert kinds == [
+        *block, "MaxPool2d", "Dropout", *block, "MaxPool2d", "Dropout", *block, "Dropout",
+        "Flatten", "Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear",
+    ]
+
+
+def test_options_change_the_network():
+    network = build_network("seed", filters=(8, 16, 32), dense=64)
+    assert network(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="unknown architecture 'nope'"):
+        build_network("nope")
+
+
+def test_save_and_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    network = build_network("seed", filters=(8, 16, 32), dense=32).eval()
+    save_network(network, tmp_path, {"arch": "seed", "arch_options": {"filters": [8, 16, 32], "dense": 32}})
+    loaded, config = load_network(tmp_path)
+    x = torch.rand(4, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), network(x))
+    assert config["arch_options"]["dense"] == 32
+    # The weights file is plain safetensors (no pickled code): its header lists tensors only.
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        assert len(list(f.keys())) == len(network.state_dict())
+    assert json.loads((tmp_path / "config.json").read_text())["arch"] == "seed"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_load_from_a_folder_without_a_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no model\.safetensors"):
+        load_network(tmp_path)

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from digit_recognizer.cli import main
+from digit_recognizer.data import Digits, read_train
+from digit_recognizer.pipeline import train_run
+from digit_recognizer.train import TrainConfig
+
+RUN_FILES = ["model.safetensors", "config.json", "history.csv", "curves.png", "confusion_matrix.png",
+             "errors.png", "metrics.json", "submission.csv"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory):
+    """`digit-recognizer run` on the embedded default, shortened to 2 epochs and a narrower network."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    code = main(["run", "--out", str(out), "--epochs", "2", "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_run_writes_every_output(embedded_run):
+    for name in RUN_FILES:
+        assert (embedded_run / name).is_file(), name
+    for name in ("curves.png", "confusion_matrix.png", "errors.png"):
+        assert (embedded_run / name).read_bytes()[:8] == PNG_MAGIC
+    assert not list(embedded_run.glob(".*tmp"))
+
+
+def test_history_and_metrics(embedded_run):
+    history = pd.read_csv(embedded_run / "history.csv")
+    assert list(history.columns[:6]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr"]
+    assert history["epoch"].tolist() == [1, 2]
+    metrics = json.loads((embedded_run / "metrics.json").read_text())
+    for key in ("val_accuracy", "val_loss", "epochs", "train_seconds", "device", "seconds_per_epoch"):
+        assert key in metrics
+    assert metrics["epochs"] == 2 and metrics["device"] == "cpu"
+    assert metrics["val_accuracy"] == pytest.approx(history["val_accuracy"].iloc[-1])
+    assert metrics["val_accuracy"] > 0.8  # 2 epochs on 3,600 real digits; chance is 0.1
+
+
+def test_submission_format(embedded_run):
+    sub = pd.read_csv(embedded_run / "submission.csv")
+    assert list(sub.columns) == ["ImageId", "Label"]
+    assert len(sub) == 1000
+    assert sub["ImageId"].tolist() == list(range(1, 1001))
+    assert sub["Label"].between(0, 9).all()
+    assert sub["Label"].nunique() == 10
+
+
+def test_predict_command_matches_run(embedded_run, small_data_dir, tmp_path, capsys):
+    out = tmp_path / "sub.csv"
+    assert main(["predict", "--model", str(embedded_run), "--test", str(small_data_dir / "test.csv"),
+                 "--out", str(out)]) == 0
+    sub = pd.read_csv(out)
+    assert list(sub.columns) == ["ImageId", "Label"] and len(sub) == 30
+    # The small folder's test rows are the first 30 test images of the embedded default.
+    full = pd.read_csv(embedded_run / "submission.csv")
+    np.testing.assert_array_equal(sub["Label"].to_numpy(), full["Label"].to_numpy()[:30])
+
+
+def test_predict_with_a_folder_that_is_not_a_run(small_data_dir, tmp_path, capsys):
+    code = main(["predict", "--model", str(tmp_path), "--test", str(small_data_dir / "test.csv"),
+                 "--out", str(tmp_path / "sub.csv")])
+    assert code == 2
+    assert "model.safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_train_command_with_config_file_and_flag_override(small_data_dir, tmp_path):
+    config = tmp_path / "small.toml"
+    config.write_text('epochs = 3\nfilters = [8, 16, 16]\ndense = 32\nbatch_size = 32\n')
+    out = tmp_path / "run"
+    code = main(["train", "--train", str(small_data_dir / "train.csv"), "--out", str(out), "--quiet",
+                 "--config", str(config), "--epochs", "1"])
+    assert code == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["train"]["epochs"] == 1 and saved["arch_options"]["filters"] == [8, 16, 16]
+    assert not (out / "submission.csv").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "epochs must be at least 1"),
+    (["--filters", "8,x"], "comma-separated"),
+    (["--optimizer", "sgdx"], "optimizer must be one of"),
+    (["--val-fraction", "1.5"], "val_fraction"),
+    (["--no-such-flag"], "unrecognized arguments"),
+])
+def test_bad_settings_exit_2(args, message, tmp_path, capsys):
+    code = main(["run", "--out", str(tmp_path / "out"), "--quiet", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_setting_in_config_file(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text('{"epoch": 3}')
+    assert main(["train", "--out", str(tmp_path / "o"), "--config", str(config)]) == 2
+    assert "unknown setting 'epoch'" in capsys.readouterr().err
+
+
+def test_end_to_end_on_competition_data(shared_data, tmp_path):
+    """A few thousand real Kaggle rows, 2 epochs of the seed network: at least 95 % on validation.
+
+    Adam instead of the seed's RMSprop: with RMSprop at 1e-3 the eval-mode accuracy still swings between
+    60 % and 97 % after ~170 steps (BatchNorm statistics lag the fast-moving weights), which says nothing about
+    the pipeline. The full recipe (99.6 %) is measured by benchmarks/seed_recipe.py.
+    """
+    train = read_train(shared_data / "train.csv.gz")
+    rows = Digits(train.images[:8000], train.labels[:8000])
+    metrics = train_run(rows, tmp_path / "run", "cnn", TrainConfig(epochs=2, optimizer="adam"), progress=False)
+    assert metrics["n_train"] == 7200 and metrics["n_val"] == 800
+    assert metrics["val_accuracy"] >= 0.95, metrics
+    assert (tmp_path / "run" / "curves.png").is_file() and (tmp_path / "run" / "errors.png").is_file()
