@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digit_recognizer.data import Digits, load_embedded, write_csv
+from digit_recognizer.data import Digits, load_embedded, read_train, write_csv
 from digit_recognizer.pipeline import train_run
-from digit_recognizer.train import TrainConfig
+from digit_recognizer.train import preset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "digit-recognizer"
 
@@ -29,18 +29,28 @@ def small_data_dir(tmp_path_factory, embedded) -> Path:
 
 @pytest.fixture(scope="session")
 def served_run(tmp_path_factory, embedded) -> Path:
-    """A network trained on the embedded digits: good enough to read clear digits, quick to train."""
+    """A fast-preset network for the serving tests: trained on 20,000 competition rows where they are here
+    (good enough to read printed digits), else on the embedded digits (good enough for the API tests)."""
     out = tmp_path_factory.mktemp("served")
-    train, _ = embedded
-    cfg = TrainConfig(epochs=8, filters=(16, 32, 64), dense=128, batch_size=64, optimizer="adam")
-    train_run(train, out, "cnn", cfg, progress=False)
+    if has_shared_data():
+        full = read_train(SHARED_DATA / "train.csv.gz")
+        train, epochs = Digits(full.images[:20_000], full.labels[:20_000]), 6
+    else:
+        train, epochs = embedded[0], 10
+    cfg = preset("fast")
+    cfg.epochs = epochs
+    train_run(train, out, "fast", cfg, progress=False)
     return out
+
+
+def has_shared_data() -> bool:
+    return (SHARED_DATA / "train.csv.gz").is_file()
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The competition's files, where this checkout has them beside it; the tests that need them skip otherwise."""
-    if not (SHARED_DATA / "train.csv.gz").is_file():
+    if not has_shared_data():
         pytest.skip(f"competition data not found at {SHARED_DATA}")
     return SHARED_DATA
 

@@ -24,7 +24,7 @@ def test_compare_on_a_small_slice(small_data_dir, tmp_path, capsys):
         assert column in table.columns
     assert table["accuracy"].between(0.5, 1.0).all()  # 150 real digits are enough to beat chance by far
     assert (table["fit_seconds"] > 0).all() and (table["n_val"] == 50).all()
-    assert "PCA(n_components=40" in table.set_index("model").loc["knn", "settings"]
+    assert "PCA(n_components=30" in table.set_index("model").loc["knn", "settings"]
     assert (out / "comparison.png").read_bytes()[:8] == PNG_MAGIC
     test_rows = len(read_test(small_data_dir / "test.csv"))
     for name in CLASSIC:

@@ -14,7 +14,7 @@ from digit_recognizer.methods import estimator_proba, load_model
 from digit_recognizer.preprocess import ImageError, decode, mnist_like
 from digit_recognizer.serve import MAX_BATCH, OnnxPredictor, TorchPredictor, create_app, export_onnx
 
-FONT = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans-Bold.ttf"
+FONT = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
 
 
 @pytest.fixture(scope="session")
@@ -29,12 +29,12 @@ def png(image: Image.Image) -> bytes:
 
 
 def render(digit: int, size: int, offset: tuple[int, int], canvas: int = 280) -> Image.Image:
-    """A digit in DejaVu Sans Bold, black with a thick stroke on white, placed off-centre on a canvas."""
+    """A digit in DejaVu Sans, black on white with its strokes thickened to pen width, off-centre on a canvas."""
     image = Image.new("L", (canvas, canvas), 255)
     draw = ImageDraw.Draw(image)
     font = ImageFont.truetype(str(FONT), size)
     draw.text((canvas / 2 + offset[0], canvas / 2 + offset[1]), str(digit), fill=0, font=font, anchor="mm",
-              stroke_width=max(2, size // 25), stroke_fill=0)
+              stroke_width=max(2, size // 20), stroke_fill=0)
     return image
 
 
@@ -57,7 +57,9 @@ def test_preprocessing_refuses_blank_and_non_images():
         decode(png(Image.new("L", (4097, 10), 255)))
 
 
-def test_font_digits_on_a_canvas_are_recognised(served_run):
+def test_font_digits_on_a_canvas_are_recognised(served_run, shared_data):
+    # Needs the model trained on competition rows (shared_data): the embedded 4,000 digits are too few for a
+    # network to read printed glyphs reliably.
     # Three sizes, each placed off-centre in two directions; the shift keeps the digit on the canvas.
     cases = [(digit, size, (sign * (280 - size) // 3, -sign * (280 - size) // 4))
              for digit in range(10) for size in (110, 160, 220) for sign in (-1, 1)]

@@ -25,6 +25,9 @@ from .train import TrainConfig, resolve_device
 PROG = "digit-recognizer"
 
 
+PRESET_MODELS = {"seed": "cnn", "fast": "fast"}
+
+
 class UsageError(Exception):
     """A command-line mistake; reported in one line with exit code 2."""
 
@@ -49,8 +52,11 @@ _FLAG_TYPES = {"int": int, "float": float, "str": str,
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="cnn", metavar="NAME",
+    parser.add_argument("--model", metavar="NAME",
                         help=f"method to train: {', '.join(METHODS)} (default: cnn, the seed kernel's CNN)")
+    parser.add_argument("--preset", choices=sorted(PRESET_MODELS),
+                        help="seed: the seed kernel's CNN and recipe (= --model cnn); fast: a small CNN that "
+                             "reaches the same accuracy in a fraction of the time (= --model fast)")
     group = parser.add_argument_group("network training settings (defaults: the chosen model's recipe)")
     group.add_argument("--config", type=Path, help="TOML or JSON file of settings; flags override it")
     for f in dataclasses.fields(TrainConfig):
@@ -67,6 +73,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The chosen method's training config, updated from ``--config`` and then from the flags."""
+    if args.preset and args.model and args.model != PRESET_MODELS[args.preset]:
+        raise UsageError(f"--preset {args.preset} trains model '{PRESET_MODELS[args.preset]}', not '{args.model}'")
+    args.model = args.model or PRESET_MODELS.get(args.preset or "seed")
     if args.model not in METHODS:
         raise UsageError(f"unknown model '{args.model}'; known: {', '.join(METHODS)}")
     values: dict = dataclasses.asdict(default_config(args.model) or TrainConfig())
@@ -119,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
 
     p = sub.add_parser("predict", help="write a submission for a test file with a trained run")
-    p.add_argument("--model", type=Path, required=True, help="run directory made by 'run' or 'train'")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="run directory made by 'run' or 'train'")
+    source.add_argument("--onnx", type=Path, help="ONNX file made by 'export' (runs on ONNX Runtime)")
     p.add_argument("--test", type=Path, required=True, help="Kaggle test.csv(.gz)")
     p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
@@ -187,11 +198,19 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     test = read_test(args.test)
-    try:
-        model = load_model(args.model, device=args.device)
-    except (ValueError, RuntimeError) as err:
-        raise UsageError(str(err)) from None
-    write_submission(estimator_proba(model, test.images).argmax(1), args.out)
+    if args.onnx is not None:
+        from .serve import OnnxPredictor
+
+        if not args.onnx.is_file():
+            raise UsageError(f"{args.onnx}: file not found")
+        proba = OnnxPredictor(args.onnx)(test.images)
+    else:
+        try:
+            model = load_model(args.model, device=args.device)
+        except (ValueError, RuntimeError) as err:
+            raise UsageError(str(err)) from None
+        proba = estimator_proba(model, test.images)
+    write_submission(proba.argmax(1), args.out)
     print(f"{PROG}: wrote {len(test):,} predictions to {args.out}", file=sys.stderr)
 
 

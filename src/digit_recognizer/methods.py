@@ -12,7 +12,6 @@ The classic settings below were chosen by 3-fold cross-validation on the competi
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from .data import Digits, split
 from .evaluate import predict_proba
 from .files import atomic_path, write_json
 from .models import CONFIG_FILE, WEIGHTS_FILE, load_network, save_network
-from .train import TrainConfig, fit, resolve_device
+from .train import TrainConfig, fit, preset, resolve_device
 
 SKOPS_FILE = "model.skops"
 
@@ -78,21 +77,23 @@ def _scaler() -> FunctionTransformer:
 METHODS: dict[str, tuple[str, Callable[[TrainConfig | None, bool], BaseEstimator]]] = {
     "logreg": ("multinomial logistic regression on pixels / 255",
                lambda cfg, progress: make_pipeline(_scaler(), LogisticRegression(C=0.1, max_iter=300))),
-    "knn": ("k-nearest neighbours (k=4, distance-weighted) on 40 PCA components",
-            lambda cfg, progress: make_pipeline(_scaler(), PCA(40, random_state=0),
-                                                KNeighborsClassifier(4, weights="distance"))),
+    "knn": ("k-nearest neighbours (k=6, distance-weighted) on 30 PCA components",
+            lambda cfg, progress: make_pipeline(_scaler(), PCA(30, random_state=0),
+                                                KNeighborsClassifier(6, weights="distance"))),
     "svm": ("SVM with an RBF kernel on 50 PCA components",
             lambda cfg, progress: make_pipeline(_scaler(), PCA(50, random_state=0),
                                                 SVC(C=10, gamma="scale"))),
     "forest": ("random forest, 300 trees",
                lambda cfg, progress: RandomForestClassifier(300, n_jobs=-1, random_state=0)),
     "mlp": ("fully connected network 784-512-256-10, trained by the project's loop",
-            lambda cfg, progress: NetClassifier(cfg or MLP_CONFIG, progress)),
-    "cnn": ("the seed kernel's CNN and recipe",
-            lambda cfg, progress: NetClassifier(cfg or TrainConfig(), progress)),
+            lambda cfg, progress: NetClassifier(cfg or preset("mlp"), progress)),
+    "fast": ("small BatchNorm CNN 16-32-64, one-cycle schedule (preset 'fast')",
+             lambda cfg, progress: NetClassifier(cfg or preset("fast"), progress)),
+    "cnn": ("the seed kernel's CNN and recipe (preset 'seed')",
+            lambda cfg, progress: NetClassifier(cfg or preset("seed"), progress)),
 }
-MLP_CONFIG = TrainConfig(arch="mlp", optimizer="adam", epochs=20, batch_size=128)
-NETWORKS = {"mlp": MLP_CONFIG, "cnn": TrainConfig()}
+# Network methods and the preset each starts from.
+NETWORKS = {"mlp": "mlp", "fast": "fast", "cnn": "seed"}
 
 
 def check_method(name: str) -> None:
@@ -103,7 +104,7 @@ def check_method(name: str) -> None:
 def default_config(name: str) -> TrainConfig | None:
     """The training config a network method starts from (None for a classic method)."""
     check_method(name)
-    return dataclasses.replace(NETWORKS[name]) if name in NETWORKS else None
+    return preset(NETWORKS[name]) if name in NETWORKS else None
 
 
 def make_estimator(name: str, config: TrainConfig | None = None, progress: bool = False) -> BaseEstimator:

@@ -73,22 +73,25 @@ def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 class FastCNN(nn.Module):
-    """A small BatchNorm CNN for speed: three stages of two 3x3 conv-BN-ReLU, max-pooling in between,
-    global max-pooling and one linear layer. With 16-32-64 filters it costs about 7 M multiply-adds per image,
-    a sixth of the seed network."""
+    """A small BatchNorm CNN for speed: three stages of two 3x3 conv-BN-ReLU with max-pooling between them,
+    then a seed-like dense head. With 16-32-64 filters it costs about 7.7 M multiply-adds per image, a sixth
+    of the seed network."""
 
-    def __init__(self, filters: Sequence[int] = (16, 32, 64)) -> None:
+    def __init__(self, filters: Sequence[int] = (16, 32, 64), dense: int = 128, dropout: float = 0.25) -> None:
         super().__init__()
         f1, f2, f3 = filters
-        self.layers = nn.Sequential(
+        self.features = nn.Sequential(
             *conv_bn(1, f1), *conv_bn(f1, f1), nn.MaxPool2d(2),    # 28 -> 14
             *conv_bn(f1, f2), *conv_bn(f2, f2), nn.MaxPool2d(2),   # 14 -> 7
             *conv_bn(f2, f3), *conv_bn(f3, f3),
-            nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(f3, 10),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(f3 * 7 * 7, dense, bias=False), nn.BatchNorm1d(dense), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(dense, 10),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        return self.classifier(self.features(x))
 
 
 class MLP(nn.Module):

@@ -60,7 +60,7 @@ class TrainConfig:
             return {"filters": list(self.filters), "kernels": list(self.kernels),
                     "dense": self.dense, "dropout": list(self.dropout)}
         if self.arch == "fast":
-            return {"filters": list(self.filters)}
+            return {"filters": list(self.filters), "dense": self.dense}
         return {}
 
     def validate(self) -> None:
@@ -86,6 +86,26 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _presets() -> dict[str, TrainConfig]:
+    return {
+        # The seed kernel's recipe, unchanged.
+        "seed": TrainConfig(),
+        # A small BatchNorm CNN with a one-cycle schedule: near the seed's accuracy in a sixth of its time.
+        # The choice among the variants tried is recorded in docs/results.md.
+        "fast": TrainConfig(arch="fast", filters=(16, 32, 64), dense=128, epochs=12, batch_size=128, optimizer="sgd",
+                            lr=0.1, weight_decay=5e-4, schedule="onecycle"),
+        "mlp": TrainConfig(arch="mlp", optimizer="adam", epochs=20, batch_size=128),
+    }
+
+
+def preset(name: str) -> TrainConfig:
+    """A fresh copy of a named recipe: ``seed``, ``fast`` or ``mlp``."""
+    presets = _presets()
+    if name not in presets:
+        raise ValueError(f"unknown preset '{name}'; known: {', '.join(presets)}")
+    return presets[name]
 
 
 OPTIMIZERS = {
