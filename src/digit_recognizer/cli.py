@@ -57,6 +57,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESET_MODELS),
                         help="seed: the seed kernel's CNN and recipe (= --model cnn); fast: a small CNN that "
                              "reaches the same accuracy in a fraction of the time (= --model fast)")
+    parser.add_argument("--members", type=int, default=1,
+                        help="train an ensemble of N networks that differ by seed and average them (default: 1)")
+    parser.add_argument("--folds", type=int, default=1,
+                        help="with K > 1, train every member on K folds and score out-of-fold on all rows")
     group = parser.add_argument_group("network training settings (defaults: the chosen model's recipe)")
     group.add_argument("--config", type=Path, help="TOML or JSON file of settings; flags override it")
     for f in dataclasses.fields(TrainConfig):
@@ -119,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder with train.csv(.gz) and test.csv(.gz); default: the embedded 5,000 MNIST digits")
     p.add_argument("--out", type=Path, default=Path("run"), help="run directory to write (default: run)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation for the submission")
     _add_config_flags(p)
 
     p = sub.add_parser("train", help="train and report, without predicting a test set")
@@ -134,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=Path, required=True, help="Kaggle test.csv(.gz)")
     p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average over one-pixel shifts of each image (networks only)")
 
     p = sub.add_parser("compare", help="compare methods on the same split (or folds): table, figure, submissions")
     p.add_argument("--data-dir", type=Path,
@@ -174,6 +181,7 @@ def _say(quiet: bool, message: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
+    _check_ensemble_args(args)
     _check_out_dir(args.out)
     # Read and check both files before training, so that a bad test file costs seconds, not an hour.
     if args.data_dir is None:
@@ -184,16 +192,28 @@ def cmd_run(args: argparse.Namespace) -> None:
         test = read_test(find_csv(args.data_dir, "test"))
         source = str(args.data_dir)
     _say(args.quiet, f"{PROG}: {len(train):,} training and {len(test):,} test images from {source}")
-    metrics = run(train, test, args.out, args.model, cfg, progress=not args.quiet)
+    metrics = run(train, test, args.out, args.model, cfg, not args.quiet, args.members, args.folds, args.tta)
     _say(args.quiet, _summary(metrics, args.out, with_submission=True))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
+    _check_ensemble_args(args)
     _check_out_dir(args.out)
     train = load_embedded()[0] if args.train is None else read_train(args.train)
-    metrics = train_run(train, args.out, args.model, cfg, progress=not args.quiet)
+    metrics = train_run(train, args.out, args.model, cfg, not args.quiet, args.members, args.folds)
     _say(args.quiet, _summary(metrics, args.out, with_submission=False))
+
+
+def _check_ensemble_args(args: argparse.Namespace) -> None:
+    """Refuse, before any data is read or trained on, what only networks can do."""
+    if args.members < 1 or args.folds < 1:
+        raise UsageError("--members and --folds must be at least 1")
+    network = default_config(args.model) is not None
+    if (args.members > 1 or args.folds > 1) and not network:
+        raise UsageError(f"--members and --folds train networks; '{args.model}' is not one")
+    if getattr(args, "tta", False) and not network:
+        raise UsageError("--tta applies to networks, not to scikit-learn models")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -206,7 +226,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         proba = OnnxPredictor(args.onnx)(test.images)
     else:
         try:
-            model = load_model(args.model, device=args.device)
+            model = load_model(args.model, device=args.device, tta=args.tta)
         except (ValueError, RuntimeError) as err:
             raise UsageError(str(err)) from None
         proba = estimator_proba(model, test.images)
@@ -267,6 +287,11 @@ def cmd_sample_data(args: argparse.Namespace) -> None:
 
 
 def _summary(metrics: dict, out: Path, with_submission: bool) -> str:
+    if "ensemble_accuracy" in metrics:
+        line = (f"{PROG}: {metrics['estimate']} accuracy: single model {metrics['single_model_accuracy']:.4f}, "
+                f"ensemble of {metrics['members']} {metrics['ensemble_accuracy']:.4f}, "
+                f"with TTA {metrics['ensemble_accuracy_tta']:.4f}; outputs in {out}/")
+        return line + (f" (submission: {out / SUBMISSION_FILE})" if with_submission else "")
     epochs = f" after {metrics['epochs']} epochs" if "epochs" in metrics else ""
     line = (f"{PROG}: {metrics['model']} val_accuracy {metrics['val_accuracy']:.4f}{epochs} "
             f"in {metrics['train_seconds']:.0f}s on {metrics['device']}; outputs in {out}/")

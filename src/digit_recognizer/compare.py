@@ -67,7 +67,7 @@ def compare(
         test_proba = None
         for k, (tr, va) in enumerate(pairs, start=1):
             bar.set_description(f"compare: {name}" + (f" fold {k}/{len(pairs)}" if len(pairs) > 1 else ""))
-            estimator = make_estimator(name)
+            estimator = make_estimator(name, progress=progress)  # networks show their epochs and batches
             started = time.perf_counter()
             estimator.fit(train.images[tr], train.labels[tr])
             fit_seconds.append(time.perf_counter() - started)

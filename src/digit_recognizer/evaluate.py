@@ -4,28 +4,45 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .models import to_input
 
+# Test-time augmentation: the identity plus one-pixel shifts in the four directions.
+TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Shift a ``(n, 1, 28, 28)`` batch by whole pixels (down/right for positive values), filling with 0."""
+    padded = F.pad(x, (1, 1, 1, 1))
+    return padded[:, :, 1 - dy:29 - dy, 1 - dx:29 - dx]
+
 
 @torch.inference_mode()
 def predict_proba(
-    network: nn.Module, images: np.ndarray, device: torch.device | str = "cpu", batch_size: int = 1024
+    network: nn.Module, images: np.ndarray, device: torch.device | str = "cpu", batch_size: int = 1024,
+    tta: bool = False,
 ) -> np.ndarray:
-    """Softmax probabilities ``(n, 10)`` (float32) for uint8 images ``(n, 784)``."""
+    """Softmax probabilities ``(n, 10)`` (float32) for uint8 images ``(n, 784)``.
+
+    With ``tta`` each image's probabilities are the mean over its copies shifted by :data:`TTA_SHIFTS`.
+    """
     network.eval()
     device = torch.device(device)
+    shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
     pixels = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
-    out = []
+    out = np.zeros((len(images), 10), dtype=np.float32)
     for start in range(0, len(pixels), batch_size):
-        x = to_input(pixels[start:start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = network(x)
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
-    if not out:
-        return np.zeros((0, 10), dtype=np.float32)
-    return torch.cat(out).numpy()
+        x = to_input(pixels[start:start + batch_size].to(device))
+        total = torch.zeros((len(x), 10), device=device)
+        for dy, dx in shifts:
+            batch = (shifted(x, dy, dx) if (dy, dx) != (0, 0) else x).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = network(batch)
+            total += torch.softmax(logits.float(), dim=1)
+        out[start:start + len(x)] = (total / len(shifts)).cpu().numpy()
+    return out
 
 
 def log_loss(proba: np.ndarray, labels: np.ndarray) -> float:

@@ -26,6 +26,7 @@ from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import SVC
 
 from .data import Digits, split
+from .ensemble import EnsembleModel, is_ensemble
 from .evaluate import predict_proba
 from .files import atomic_path, write_json
 from .models import CONFIG_FILE, WEIGHTS_FILE, load_network, save_network
@@ -42,9 +43,10 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
     instead, as the seed kernel does.
     """
 
-    def __init__(self, config: TrainConfig | None = None, progress: bool = False) -> None:
+    def __init__(self, config: TrainConfig | None = None, progress: bool = False, tta: bool = False) -> None:
         self.config = config
         self.progress = progress
+        self.tta = tta
 
     def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None,
             y_val: np.ndarray | None = None) -> NetClassifier:
@@ -59,7 +61,7 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         device = next(self.network_.parameters()).device
-        return predict_proba(self.network_, X, device=device)
+        return predict_proba(self.network_, X, device=device, tta=self.tta)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.predict_proba(X).argmax(1)
@@ -137,15 +139,22 @@ def save_model(estimator: BaseEstimator, run_dir: str | Path, method: str) -> No
     write_json({"method": method, "description": METHODS[method][0]}, run_dir / CONFIG_FILE)
 
 
-def load_model(run_dir: str | Path, device: str = "auto") -> BaseEstimator:
-    """Load what :func:`save_model` wrote; the result has ``predict`` and ``predict_proba``."""
+def load_model(run_dir: str | Path, device: str = "auto", tta: bool = False) -> BaseEstimator:
+    """Load what :func:`save_model` (or an ensemble run) wrote; the result has ``predict`` and ``predict_proba``.
+
+    ``tta`` averages a network's probabilities over shifted copies of each image; classic methods refuse it.
+    """
     run_dir = Path(run_dir)
+    if is_ensemble(run_dir):
+        return EnsembleModel(run_dir, device=device, tta=tta)
     if (run_dir / WEIGHTS_FILE).is_file() or not (run_dir / SKOPS_FILE).is_file():
         network, config = load_network(run_dir)
-        wrapper = NetClassifier(TrainConfig(**_tuples(config.get("train", {}))))
+        wrapper = NetClassifier(TrainConfig(**_tuples(config.get("train", {}))), tta=tta)
         wrapper.network_ = network.to(resolve_device(device))
         wrapper.classes_ = np.arange(10)
         return wrapper
+    if tta:
+        raise ValueError("test-time augmentation applies to networks, not to scikit-learn models")
     import skops.io
 
     untrusted = skops.io.get_untrusted_types(file=run_dir / SKOPS_FILE)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from .data import Digits, split
+from .ensemble import train_ensemble
 from .evaluate import accuracy, confident_errors, log_loss
 from .files import atomic_path, write_json
 from .methods import NetClassifier, default_config, estimator_proba, load_model, make_estimator, save_model
@@ -28,13 +29,17 @@ SUBMISSION_FILE = "submission.csv"
 
 
 def train_run(
-    digits: Digits, out: str | Path, method: str = "cnn", cfg: TrainConfig | None = None, progress: bool = True
+    digits: Digits, out: str | Path, method: str = "cnn", cfg: TrainConfig | None = None, progress: bool = True,
+    members: int = 1, folds: int = 1,
 ) -> dict:
     """Train ``method`` on a stratified split of ``digits``; write the model, figures and metrics to ``out``.
 
     ``cfg`` is the training config of a network method (default: the method's own); for a classic method only
-    its ``val_fraction`` and ``seed`` (the split) are used. Returns the metrics, also in ``out/metrics.json``.
+    its ``val_fraction`` and ``seed`` (the split) are used. ``members`` > 1 or ``folds`` > 1 train an ensemble
+    instead (:func:`ensemble_run`). Returns the metrics, also in ``out/metrics.json``.
     """
+    if members != 1 or folds != 1:
+        return ensemble_run(digits, out, method, cfg, members, folds, progress)
     out = Path(out)
     cfg = cfg or default_config(method) or TrainConfig()
     cfg.validate()
@@ -79,12 +84,35 @@ def train_run(
     return metrics
 
 
+def ensemble_run(
+    digits: Digits, out: str | Path, method: str = "cnn", cfg: TrainConfig | None = None, members: int = 3,
+    folds: int = 1, progress: bool = True,
+) -> dict:
+    """Train an ensemble of a network method (see :mod:`digit_recognizer.ensemble`) and write its figures:
+    the confusion matrix of the ensemble with test-time augmentation on the held-out rows, and the digits it
+    still gets wrong there."""
+    out = Path(out)
+    cfg = cfg or default_config(method)
+    if cfg is None:
+        raise ValueError(f"ensembles are made of networks; '{method}' is not one")
+    if members < 1 or folds < 1:
+        raise ValueError("members and folds must be at least 1")
+    metrics, proba, scored = train_ensemble(cfg, digits, out, members=members, folds=folds, progress=progress)
+    labels, proba = digits.labels[scored], proba[scored]
+    what = f"ensemble of {members} + TTA, {metrics['estimate']} ({len(labels):,} images)"
+    plot_confusion(labels, proba.argmax(1), out / "confusion_matrix.png",
+                   f"{what}: accuracy {accuracy(proba, labels):.4f}")
+    plot_errors(digits.images[scored], labels, proba, confident_errors(proba, labels, k=18), out / "errors.png",
+                title=f"Digits the {what.split(',')[0]} still gets wrong")
+    return metrics
+
+
 def run(
     train: Digits, test: Digits, out: str | Path, method: str = "cnn", cfg: TrainConfig | None = None,
-    progress: bool = True,
+    progress: bool = True, members: int = 1, folds: int = 1, tta: bool = False,
 ) -> dict:
-    """:func:`train_run`, then predict ``test`` with the saved model and write ``out/submission.csv``."""
-    metrics = train_run(train, out, method, cfg, progress=progress)
-    model = load_model(out, device=cfg.device if cfg else "auto")
+    """:func:`train_run`, then predict ``test`` with the saved model(s) and write ``out/submission.csv``."""
+    metrics = train_run(train, out, method, cfg, progress, members, folds)
+    model = load_model(out, device=cfg.device if cfg else "auto", tta=tta)
     write_submission(estimator_proba(model, test.images).argmax(1), Path(out) / SUBMISSION_FILE)
     return metrics

@@ -48,7 +48,8 @@ def plot_confusion(labels: np.ndarray, predicted: np.ndarray, path: str | Path, 
 
 
 def plot_errors(
-    images: np.ndarray, labels: np.ndarray, proba: np.ndarray, indices: np.ndarray, path: str | Path
+    images: np.ndarray, labels: np.ndarray, proba: np.ndarray, indices: np.ndarray, path: str | Path,
+    title: str = "Most confident mistakes on the validation set",
 ) -> None:
     """A grid of the given images, each titled with its true and predicted label and the confidence."""
     cols = 6
@@ -62,7 +63,7 @@ def plot_errors(
         ax.set_title(f"true {labels[i]}  pred {predicted}\np={proba[i, predicted]:.2f}", fontsize=9)
     if len(indices) == 0:
         axes.flat[0].text(0.5, 0.5, "no errors", ha="center", va="center", fontsize=14)
-    fig.suptitle("Most confident mistakes on the validation set")
+    fig.suptitle(title)
     _save(fig, path)
 
 
@@ -85,7 +86,7 @@ def plot_comparison(table: pd.DataFrame, path: str | Path) -> None:
     ax_time.set_xscale("log")
     ax_time.set_xlabel("seconds (log scale)")
     ax_time.set_title("Time")
-    ax_time.legend(loc="lower right", fontsize=8)
+    ax_time.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
     for ax in (ax_acc, ax_time):
         ax.grid(axis="x", alpha=0.3)
     _save(fig, path)

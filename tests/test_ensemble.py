@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import digit_recognizer.ensemble as ensemble_module
+from digit_recognizer.cli import main
+from digit_recognizer.data import Digits
+from digit_recognizer.ensemble import EnsembleModel, train_ensemble
+from digit_recognizer.evaluate import predict_proba, shifted
+from digit_recognizer.models import build_network
+from digit_recognizer.train import TrainConfig, preset
+
+
+def tiny(schedule: str = "onecycle") -> TrainConfig:
+    cfg = preset("fast")
+    cfg.filters, cfg.dense, cfg.epochs, cfg.schedule = (4, 8, 8), 16, 1, schedule
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def digits(embedded) -> Digits:
+    train, _ = embedded
+    return Digits(train.images[:300], train.labels[:300])
+
+
+def test_shift_moves_pixels_and_fills_with_background():
+    x = torch.zeros(1, 1, 28, 28)
+    x[0, 0, 5, 7] = 1
+    assert shifted(x, 1, 0)[0, 0, 6, 7] == 1 and shifted(x, 0, -1)[0, 0, 5, 6] == 1
+    edge = torch.zeros(1, 1, 28, 28)
+    edge[0, 0, 27, :] = 1
+    assert shifted(edge, 1, 0).sum() == 0  # pushed out, nothing wraps around
+
+
+def test_tta_probabilities_are_well_formed(digits):
+    torch.manual_seed(0)
+    network = build_network("fast", filters=(4, 8, 8), dense=16)
+    plain = predict_proba(network, digits.images[:50])
+    tta = predict_proba(network, digits.images[:50], tta=True)
+    assert tta.shape == plain.shape == (50, 10)
+    np.testing.assert_allclose(tta.sum(1), 1.0, rtol=1e-5)
+    assert not np.allclose(tta, plain)
+
+
+def test_ensemble_averages_its_members(digits, tmp_path):
+    metrics, proba, scored = train_ensemble(tiny(), digits, tmp_path, members=2, folds=1, progress=False)
+    assert metrics["members"] == 2 and len(metrics["table"]) == 3
+    assert scored.sum() == 30 and proba.shape == (300, 10)
+    model = EnsembleModel(tmp_path, tta=False)
+    averaged = model.predict_proba(digits.images[:40])
+    members = [predict_proba(n, digits.images[:40]) for n in model.networks]
+    np.testing.assert_allclose(averaged, np.mean(members, axis=0), rtol=1e-5)
+    np.testing.assert_allclose(averaged.sum(1), 1.0, rtol=1e-5)
+    for m in range(2):
+        assert (tmp_path / "members" / f"member{m}" / "model.safetensors").is_file()
+        assert (tmp_path / "members" / f"member{m}" / "history.csv").is_file()
+
+
+def test_restart_skips_finished_members(digits, tmp_path, monkeypatch):
+    train_ensemble(tiny(), digits, tmp_path, members=2, folds=2, progress=False)
+    (tmp_path / "members" / "member1-fold1" / "metrics.json").unlink()  # as if interrupted during that one
+    calls = []
+    real_fit = ensemble_module.fit
+    monkeypatch.setattr(ensemble_module, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    metrics, _, scored = train_ensemble(tiny(), digits, tmp_path, members=2, folds=2, progress=False)
+    assert len(calls) == 1
+    assert scored.all() and metrics["estimate"] == "out-of-fold" and metrics["rows_scored"] == 300
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "plateau"])
+def test_no_model_sees_the_rows_it_is_scored_on(digits, tmp_path, monkeypatch, schedule):
+    seen = []
+    real_fit = ensemble_module.fit
+
+    def spy(cfg, train, val, progress=True):
+        seen.append(({r.tobytes() for r in train.images}, {r.tobytes() for r in val.images}))
+        return real_fit(cfg, train, val, progress=progress)
+
+    monkeypatch.setattr(ensemble_module, "fit", spy)
+    train_ensemble(tiny(schedule), digits, tmp_path, members=1, folds=3, progress=False)
+    folds = ensemble_module.fold_indices(digits.labels, 3, 0.1, tiny().seed)
+    assert len(seen) == 3
+    for (train_rows, monitor_rows), (_, held_out) in zip(seen, folds, strict=True):
+        scored = {digits.images[i].tobytes() for i in held_out}
+        assert not train_rows & scored
+        if schedule == "plateau":  # the schedule's decisions come from the member's own training part
+            assert not monitor_rows & scored
+
+
+def test_cli_ensemble_run_and_predict_with_tta(small_data_dir, tmp_path, capsys):
+    out = tmp_path / "ens"
+    code = main(["run", "--data-dir", str(small_data_dir), "--out", str(out), "--preset", "fast", "--members", "2",
+                 "--folds", "2", "--epochs", "1", "--filters", "4,8,8", "--dense", "16", "--tta", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["estimate"] == "out-of-fold" and metrics["rows_scored"] == 200
+    for key in ("single_model_accuracy", "ensemble_accuracy", "ensemble_accuracy_tta"):
+        assert 0 <= metrics[key] <= 1
+    assert len(list((out / "members").iterdir())) == 4
+    for name in ("confusion_matrix.png", "errors.png", "submission.csv", "ensemble.json"):
+        assert (out / name).is_file(), name
+    sub = tmp_path / "sub.csv"
+    assert main(["predict", "--model", str(out), "--test", str(small_data_dir / "test.csv"), "--out", str(sub),
+                 "--tta"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(sub), pd.read_csv(out / "submission.csv"))
+
+
+def test_ensembles_and_tta_are_for_networks(small_data_dir, tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "a"), "--model", "knn", "--members", "3"]) == 2
+    assert "not one" in capsys.readouterr().err
+    assert main(["run", "--out", str(tmp_path / "b"), "--model", "svm", "--tta"]) == 2
+    assert "networks" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
