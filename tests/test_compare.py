@@ -5,8 +5,7 @@ import pandas as pd
 import pytest
 
 from digit_recognizer.cli import main
-from digit_recognizer.compare import splits
-from digit_recognizer.data import read_test
+from digit_recognizer.data import read_test, split_indices
 from digit_recognizer.methods import METHODS, estimator_proba, load_model, make_estimator, save_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -44,7 +43,7 @@ def test_unknown_model_lists_the_known_ones(tmp_path, capsys):
 
 def test_folds_partition_the_data():
     labels = np.repeat(np.arange(10), 12)
-    pairs = splits(labels, 4, 0.1, seed=0)
+    pairs = split_indices(labels, 4, 0.1, seed=0)
     assert len(pairs) == 4
     held_out = np.concatenate([va for _, va in pairs])
     assert sorted(held_out.tolist()) == list(range(len(labels)))  # every row held out exactly once

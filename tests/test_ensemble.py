@@ -9,7 +9,7 @@ import torch
 
 import digit_recognizer.ensemble as ensemble_module
 from digit_recognizer.cli import main
-from digit_recognizer.data import Digits
+from digit_recognizer.data import Digits, split_indices
 from digit_recognizer.ensemble import EnsembleModel, train_ensemble
 from digit_recognizer.evaluate import predict_proba, shifted
 from digit_recognizer.models import build_network
@@ -83,7 +83,7 @@ def test_no_model_sees_the_rows_it_is_scored_on(digits, tmp_path, monkeypatch, s
 
     monkeypatch.setattr(ensemble_module, "fit", spy)
     train_ensemble(tiny(schedule), digits, tmp_path, members=1, folds=3, progress=False)
-    folds = ensemble_module.fold_indices(digits.labels, 3, 0.1, tiny().seed)
+    folds = split_indices(digits.labels, 3, 0.1, tiny().seed)
     assert len(seen) == 3
     for (train_rows, monitor_rows), (_, held_out) in zip(seen, folds, strict=True):
         scored = {digits.images[i].tobytes() for i in held_out}

@@ -75,13 +75,18 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                                help=f"(default: {shown})")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The chosen method's training config, updated from ``--config`` and then from the flags."""
+def resolve_model(args: argparse.Namespace) -> str:
+    """The method that --model and --preset name together (default: the seed CNN)."""
     if args.preset and args.model and args.model != PRESET_MODELS[args.preset]:
         raise UsageError(f"--preset {args.preset} trains model '{PRESET_MODELS[args.preset]}', not '{args.model}'")
-    args.model = args.model or PRESET_MODELS.get(args.preset or "seed")
-    if args.model not in METHODS:
-        raise UsageError(f"unknown model '{args.model}'; known: {', '.join(METHODS)}")
+    model = args.model or PRESET_MODELS[args.preset or "seed"]
+    if model not in METHODS:
+        raise UsageError(f"unknown model '{model}'; known: {', '.join(METHODS)}")
+    return model
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The chosen method's training config (``args.model`` resolved), updated from ``--config``, then flags."""
     values: dict = dataclasses.asdict(default_config(args.model) or TrainConfig())
     if args.config is not None:
         values.update(read_config_file(args.config))
@@ -180,6 +185,7 @@ def _say(quiet: bool, message: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    args.model = resolve_model(args)
     cfg = config_from_args(args)
     _check_ensemble_args(args)
     _check_out_dir(args.out)
@@ -197,6 +203,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    args.model = resolve_model(args)
     cfg = config_from_args(args)
     _check_ensemble_args(args)
     _check_out_dir(args.out)

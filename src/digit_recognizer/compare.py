@@ -13,25 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
-from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.preprocessing import FunctionTransformer
 from tqdm.auto import tqdm
 
-from .data import Digits
+from .data import Digits, split_indices
 from .evaluate import accuracy
 from .files import atomic_path
 from .methods import METHODS, NetClassifier, check_method, estimator_proba, make_estimator
 from .plots import plot_comparison
 from .predict import write_submission
-
-
-def splits(labels: np.ndarray, folds: int, val_fraction: float, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, validation) index pairs: one stratified split when ``folds`` is 1, else stratified K folds."""
-    index = np.arange(len(labels))
-    if folds <= 1:
-        train, val = train_test_split(index, test_size=val_fraction, stratify=labels, random_state=seed)
-        return [(train, val)]
-    return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(index, labels))
 
 
 def describe(estimator: BaseEstimator) -> str:
@@ -59,7 +49,7 @@ def compare(
     for name in models:
         check_method(name)
     out = Path(out)
-    pairs = splits(train.labels, folds, val_fraction, seed)
+    pairs = split_indices(train.labels, folds, val_fraction, seed)
     rows = []
     bar = tqdm(models, desc="compare", unit="model", disable=not progress)
     for name in bar:

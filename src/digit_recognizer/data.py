@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from .files import atomic_path
 
@@ -172,3 +172,14 @@ def split(digits: Digits, val_fraction: float, seed: int) -> tuple[Digits, Digit
         digits.images, digits.labels, test_size=val_fraction, stratify=stratify, random_state=seed
     )
     return Digits(x_tr, y_tr), Digits(x_val, y_val)
+
+
+def split_indices(
+    labels: np.ndarray, folds: int, val_fraction: float, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, held-out) index pairs: one stratified split when ``folds`` is 1, else stratified K folds."""
+    index = np.arange(len(labels))
+    if folds <= 1:
+        train, val = train_test_split(index, test_size=val_fraction, stratify=labels, random_state=seed)
+        return [(train, val)]
+    return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(index, labels))

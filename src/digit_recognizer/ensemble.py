@@ -12,6 +12,7 @@ A member whose ``metrics.json`` exists has finished and is not trained again whe
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .data import Digits, split
+from .data import Digits, split, split_indices
 from .evaluate import TTA_SHIFTS, accuracy, log_loss, predict_proba
 from .files import atomic_path, write_json
 from .models import load_network, save_network
@@ -32,13 +33,6 @@ ENSEMBLE_FILE = "ensemble.json"
 
 def member_name(member: int, fold: int | None) -> str:
     return f"member{member}" + (f"-fold{fold}" if fold is not None else "")
-
-
-def fold_indices(labels: np.ndarray, folds: int, val_fraction: float, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, held-out) index pairs: stratified K folds, or one stratified split when ``folds`` is 1."""
-    from .compare import splits
-
-    return splits(labels, folds, val_fraction, seed)
 
 
 def train_ensemble(
@@ -54,7 +48,7 @@ def train_ensemble(
     cfg.validate()
     if members < 1 or folds < 1:
         raise ValueError("members and folds must be at least 1")
-    pairs = fold_indices(digits.labels, folds, cfg.val_fraction, cfg.seed)
+    pairs = split_indices(digits.labels, folds, cfg.val_fraction, cfg.seed)
     n = len(digits)
     held_out = np.zeros(n, dtype=bool)
     for _, va in pairs:
@@ -76,7 +70,7 @@ def train_ensemble(
                           Digits(digits.images[va], digits.labels[va]), member_dir, device, progress)
         saved = np.load(member_dir / "heldout_proba.npz")
         proba[m, va], proba_tta[m, va] = saved["proba"], saved["proba_tta"]
-        seconds[m] += pd.read_json(member_dir / "metrics.json", typ="series")["train_seconds"]
+        seconds[m] += json.loads((member_dir / "metrics.json").read_text())["train_seconds"]
 
     y = digits.labels[held_out]
     table = [{"model": f"member {m}", "accuracy": accuracy(proba[m, held_out], y),

@@ -95,15 +95,14 @@ def ensemble_run(
     cfg = cfg or default_config(method)
     if cfg is None:
         raise ValueError(f"ensembles are made of networks; '{method}' is not one")
-    if members < 1 or folds < 1:
-        raise ValueError("members and folds must be at least 1")
     metrics, proba, scored = train_ensemble(cfg, digits, out, members=members, folds=folds, progress=progress)
     labels, proba = digits.labels[scored], proba[scored]
-    what = f"ensemble of {members} + TTA, {metrics['estimate']} ({len(labels):,} images)"
+    ensemble = f"ensemble of {members} + TTA"
     plot_confusion(labels, proba.argmax(1), out / "confusion_matrix.png",
-                   f"{what}: accuracy {accuracy(proba, labels):.4f}")
+                   f"{ensemble}, {metrics['estimate']} ({len(labels):,} images): "
+                   f"accuracy {accuracy(proba, labels):.4f}")
     plot_errors(digits.images[scored], labels, proba, confident_errors(proba, labels, k=18), out / "errors.png",
-                title=f"Digits the {what.split(',')[0]} still gets wrong")
+                title=f"Digits the {ensemble} still gets wrong")
     return metrics
 
 

@@ -32,15 +32,15 @@ class TorchPredictor:
     backend = "pytorch"
 
     def __init__(self, run_dir: str | Path) -> None:
-        from .methods import load_model
+        # Imported here, not at module level, so that serving an ONNX file never loads torch.
+        from .methods import estimator_proba, load_model
 
         self.model = load_model(run_dir, device="cpu")
+        self.proba = estimator_proba
         self.name = str(run_dir)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        from .methods import estimator_proba
-
-        return estimator_proba(self.model, images)
+        return self.proba(self.model, images)
 
 
 class OnnxPredictor:
