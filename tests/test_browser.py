@@ -61,7 +61,8 @@ def test_draw_a_three_and_read_the_prediction(server):
             for x, y in THREE[1:]:
                 page.mouse.move(box["x"] + x, box["y"] + y, steps=6)
             page.mouse.up()
-            page.wait_for_function("document.getElementById('digit').dataset.label !== ''", timeout=15_000)
+            # The page predicts while the stroke is drawn; wait for the answer to the finished drawing.
+            page.wait_for_function("document.getElementById('digit').dataset.state === 'settled'", timeout=15_000)
             assert page.locator("#digit").inner_text().strip() == "3"
             assert page.locator("#bars .bar").count() == 10
             page.click("#clear")
