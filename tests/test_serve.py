@@ -136,6 +136,10 @@ def test_onnx_export_agrees_with_pytorch(served_run, embedded, tmp_path):
     onnx_proba = OnnxPredictor(path)(images)
     torch_proba = TorchPredictor(served_run)(images)
     np.testing.assert_allclose(onnx_proba, torch_proba, atol=1e-4)
+    sub = tmp_path / "sub.csv"
+    assert main(["predict", "--onnx", str(path), "--test", str(tmp_path / "absent.csv"), "--out", str(sub),
+                 "--tta"]) == 2  # refused before anything is read, not silently ignored
+    assert not sub.exists()
     onnx_client = TestClient(create_app(OnnxPredictor(path)))
     assert onnx_client.get("/api/health").json()["backend"] == "onnxruntime"
     assert onnx_client.post("/api/predict", json={"pixels": images[0].tolist()}).json()["label"] == int(

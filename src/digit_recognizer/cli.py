@@ -224,6 +224,8 @@ def _check_ensemble_args(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    if args.onnx is not None and args.tta:
+        raise UsageError("--tta works with --model (PyTorch); an ONNX file predicts each image once")
     test = read_test(args.test)
     if args.onnx is not None:
         from .serve import OnnxPredictor
