@@ -21,10 +21,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from digit_recognizer.config import TrainConfig
 from digit_recognizer.data import find_csv, read_test, read_train
 from digit_recognizer.files import write_json
 from digit_recognizer.pipeline import run
-from digit_recognizer.train import TrainConfig
 
 
 def machine() -> dict:

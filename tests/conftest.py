@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from digit_recognizer.config import preset
 from digit_recognizer.data import Digits, load_embedded, read_train, write_csv
 from digit_recognizer.pipeline import train_run
-from digit_recognizer.train import preset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "digit-recognizer"
 

@@ -10,7 +10,8 @@ import time
 import pytest
 import uvicorn
 
-from digit_recognizer.serve import TorchPredictor, create_app
+from digit_recognizer.predict import TorchPredictor
+from digit_recognizer.serve import create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -9,11 +9,11 @@ import torch
 
 import digit_recognizer.ensemble as ensemble_module
 from digit_recognizer.cli import main
+from digit_recognizer.config import TrainConfig, preset
 from digit_recognizer.data import Digits, split_indices
 from digit_recognizer.ensemble import EnsembleModel, train_ensemble
 from digit_recognizer.evaluate import predict_proba, shifted
 from digit_recognizer.models import build_network
-from digit_recognizer.train import TrainConfig, preset
 
 
 def tiny(schedule: str = "onecycle") -> TrainConfig:

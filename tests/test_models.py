@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -63,3 +64,14 @@ def test_save_and_load_round_trip(tmp_path):
 def test_load_from_a_folder_without_a_model(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no model\.safetensors"):
         load_network(tmp_path)
+
+
+def test_predictions_do_not_depend_on_the_batch_size():
+    from digit_recognizer.evaluate import predict_proba
+
+    torch.manual_seed(0)
+    network = build_network("fast")
+    network(torch.rand(8, 1, 28, 28))  # one training-mode pass gives BatchNorm non-trivial statistics
+    images = torch.randint(0, 256, (300, 784), dtype=torch.uint8).numpy()
+    np.testing.assert_allclose(predict_proba(network, images), predict_proba(network, images, batch_size=7),
+                               atol=1e-5)

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from digit_recognizer.cli import main
+from digit_recognizer.config import TrainConfig
 from digit_recognizer.data import Digits, read_train
 from digit_recognizer.pipeline import train_run
-from digit_recognizer.train import TrainConfig
 
 RUN_FILES = ["model.safetensors", "config.json", "history.csv", "curves.png", "confusion_matrix.png",
              "errors.png", "metrics.json", "submission.csv"]

@@ -11,8 +11,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from digit_recognizer.cli import main
 from digit_recognizer.methods import estimator_proba, load_model
+from digit_recognizer.predict import OnnxPredictor, TorchPredictor, export_onnx
 from digit_recognizer.preprocess import ImageError, decode, mnist_like
-from digit_recognizer.serve import MAX_BATCH, OnnxPredictor, TorchPredictor, create_app, export_onnx
+from digit_recognizer.serve import MAX_BATCH, create_app
 
 FONT = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
 

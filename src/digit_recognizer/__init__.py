@@ -3,19 +3,32 @@
 >>> from digit_recognizer import TrainConfig, load_embedded, train_run
 >>> train, test = load_embedded()
 >>> metrics = train_run(train, "run", "cnn", TrainConfig(epochs=2))  # doctest: +SKIP
+
+The names below are imported on first use (PEP 562), so that importing the package, or a light module of
+it, does not load torch and scikit-learn.
 """
 
-from .data import DataError, Digits, load_embedded, read_test, read_train
-from .methods import METHODS, NetClassifier, estimator_proba, load_model, make_estimator, save_model
-from .models import build_network, load_network, save_network
-from .pipeline import run, train_run
-from .predict import write_submission
-from .train import TrainConfig, fit
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "METHODS", "DataError", "Digits", "NetClassifier", "TrainConfig", "build_network", "estimator_proba", "fit",
-    "load_embedded", "load_model", "load_network", "make_estimator", "read_test", "read_train", "run",
-    "save_model", "save_network", "train_run", "write_submission",
-]
+_WHERE = {
+    "TrainConfig": "config", "preset": "config",
+    "DataError": "data", "Digits": "data", "load_embedded": "data", "read_test": "data", "read_train": "data",
+    "METHODS": "methods", "NetClassifier": "methods", "estimator_proba": "methods", "load_model": "methods",
+    "make_estimator": "methods", "save_model": "methods",
+    "build_network": "models", "load_network": "models", "save_network": "models",
+    "run": "pipeline", "train_run": "pipeline",
+    "write_submission": "predict",
+    "fit": "train",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,6 +3,9 @@
 Every training setting of :class:`~digit_recognizer.train.TrainConfig` is a flag (``--batch-size 128``,
 ``--no-augment``, ``--filters 32,64,128``) and can also come from a TOML or JSON file (``--config``);
 flags win over the file. Bad input ends the command with exit code 2 and one line on stderr.
+
+Heavy libraries (torch, scikit-learn) are imported by the commands that need them, so that ``predict
+--onnx`` starts in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -15,12 +18,9 @@ import tomllib
 from pathlib import Path
 
 from . import __version__
-from .compare import compare
+from .config import METHOD_NAMES, TrainConfig, default_config
 from .data import DataError, find_csv, load_embedded, read_test, read_train, write_csv
-from .methods import METHODS, default_config, estimator_proba, load_model
-from .pipeline import SUBMISSION_FILE, run, train_run
 from .predict import write_submission
-from .train import TrainConfig, resolve_device
 
 PROG = "digit-recognizer"
 
@@ -53,7 +53,7 @@ _FLAG_TYPES = {"int": int, "float": float, "str": str,
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="NAME",
-                        help=f"method to train: {', '.join(METHODS)} (default: cnn, the seed kernel's CNN)")
+                        help=f"method to train: {', '.join(METHOD_NAMES)} (default: cnn, the seed kernel's CNN)")
     parser.add_argument("--preset", choices=sorted(PRESET_MODELS),
                         help="seed: the seed kernel's CNN and recipe (= --model cnn); fast: a small CNN that "
                              "reaches the same accuracy in a fraction of the time (= --model fast)")
@@ -80,8 +80,8 @@ def resolve_model(args: argparse.Namespace) -> str:
     if args.preset and args.model and args.model != PRESET_MODELS[args.preset]:
         raise UsageError(f"--preset {args.preset} trains model '{PRESET_MODELS[args.preset]}', not '{args.model}'")
     model = args.model or PRESET_MODELS[args.preset or "seed"]
-    if model not in METHODS:
-        raise UsageError(f"unknown model '{model}'; known: {', '.join(METHODS)}")
+    if model not in METHOD_NAMES:
+        raise UsageError(f"unknown model '{model}'; known: {', '.join(METHOD_NAMES)}")
     return model
 
 
@@ -93,6 +93,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for f in dataclasses.fields(TrainConfig):
         if getattr(args, f.name) is not None:
             values[f.name] = getattr(args, f.name)
+    from .train import resolve_device
+
     try:
         cfg = TrainConfig(**values)
         cfg.validate()
@@ -151,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path,
                    help="folder with train.csv(.gz) and optionally test.csv(.gz); default: the embedded digits")
     p.add_argument("--out", type=Path, default=Path("comparison"), help="folder to write (default: comparison)")
-    p.add_argument("--models", default=",".join(METHODS),
-                   help=f"comma-separated methods (default: all of {','.join(METHODS)})")
+    p.add_argument("--models", default=",".join(METHOD_NAMES),
+                   help=f"comma-separated methods (default: all of {','.join(METHOD_NAMES)})")
     p.add_argument("--folds", type=int, default=1, help="K for stratified K-fold; 1 = one split (default: 1)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction when --folds is 1")
     p.add_argument("--seed", type=int, default=2)
@@ -198,6 +200,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         test = read_test(find_csv(args.data_dir, "test"))
         source = str(args.data_dir)
     _say(args.quiet, f"{PROG}: {len(train):,} training and {len(test):,} test images from {source}")
+    from .pipeline import run
+
     metrics = run(train, test, args.out, args.model, cfg, not args.quiet, args.members, args.folds, args.tta)
     _say(args.quiet, _summary(metrics, args.out, with_submission=True))
 
@@ -207,6 +211,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     _check_ensemble_args(args)
     _check_out_dir(args.out)
+    from .pipeline import train_run
+
     train = load_embedded()[0] if args.train is None else read_train(args.train)
     metrics = train_run(train, args.out, args.model, cfg, not args.quiet, args.members, args.folds)
     _say(args.quiet, _summary(metrics, args.out, with_submission=False))
@@ -228,12 +234,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise UsageError("--tta works with --model (PyTorch); an ONNX file predicts each image once")
     test = read_test(args.test)
     if args.onnx is not None:
-        from .serve import OnnxPredictor
+        from .predict import OnnxPredictor
 
         if not args.onnx.is_file():
             raise UsageError(f"{args.onnx}: file not found")
         proba = OnnxPredictor(args.onnx)(test.images)
     else:
+        from .methods import estimator_proba, load_model
+
         try:
             model = load_model(args.model, device=args.device, tta=args.tta)
         except (ValueError, RuntimeError) as err:
@@ -245,9 +253,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in METHODS]
+    unknown = [m for m in models if m not in METHOD_NAMES]
     if unknown or not models:
-        raise UsageError(f"unknown model '{unknown[0] if unknown else ''}'; known: {', '.join(METHODS)}")
+        raise UsageError(f"unknown model '{unknown[0] if unknown else ''}'; known: {', '.join(METHOD_NAMES)}")
     if args.folds < 1 or (args.folds == 1 and not 0 < args.val_fraction < 1):
         raise UsageError("--folds must be >= 1 and --val-fraction between 0 and 1")
     _check_out_dir(args.out)
@@ -257,6 +265,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
         train = read_train(find_csv(args.data_dir, "train"))
         has_test = any((args.data_dir / f"test.csv{ext}").is_file() for ext in ("", ".gz"))
         test = read_test(find_csv(args.data_dir, "test")) if has_test else None
+    from .compare import compare
+
     table = compare(train, args.out, models, test=test, folds=args.folds, val_fraction=args.val_fraction,
                     seed=args.seed, progress=not args.quiet)
     if not args.quiet:
@@ -265,7 +275,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from .serve import OnnxPredictor, TorchPredictor, serve
+    from .predict import OnnxPredictor, TorchPredictor
+    from .serve import serve
 
     if args.onnx is not None and not args.onnx.is_file():
         raise UsageError(f"{args.onnx}: file not found")
@@ -279,7 +290,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .serve import export_onnx
+    from .predict import export_onnx
 
     export_onnx(args.model, args.onnx)
     print(f"{PROG}: wrote {args.onnx}", file=sys.stderr)
@@ -296,6 +307,8 @@ def cmd_sample_data(args: argparse.Namespace) -> None:
 
 
 def _summary(metrics: dict, out: Path, with_submission: bool) -> str:
+    from .pipeline import SUBMISSION_FILE
+
     if "ensemble_accuracy" in metrics:
         line = (f"{PROG}: {metrics['estimate']} accuracy: single model {metrics['single_model_accuracy']:.4f}, "
                 f"ensemble of {metrics['members']} {metrics['ensemble_accuracy']:.4f}, "

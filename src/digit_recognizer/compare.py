@@ -16,10 +16,11 @@ from sklearn.base import BaseEstimator
 from sklearn.preprocessing import FunctionTransformer
 from tqdm.auto import tqdm
 
+from .config import check_method
 from .data import Digits, split_indices
 from .evaluate import accuracy
 from .files import atomic_path
-from .methods import METHODS, NetClassifier, check_method, estimator_proba, make_estimator
+from .methods import METHODS, NetClassifier, estimator_proba, make_estimator
 from .plots import plot_comparison
 from .predict import write_submission
 

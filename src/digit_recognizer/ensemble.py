@@ -21,11 +21,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .config import TrainConfig
 from .data import Digits, split, split_indices
 from .evaluate import TTA_SHIFTS, accuracy, log_loss, predict_proba
 from .files import atomic_path, write_json
 from .models import load_network, save_network
-from .train import TrainConfig, fit, resolve_device
+from .train import fit, resolve_device
 
 MEMBERS_DIR = "members"
 ENSEMBLE_FILE = "ensemble.json"

@@ -21,15 +21,18 @@ def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict_proba(
-    network: nn.Module, images: np.ndarray, device: torch.device | str = "cpu", batch_size: int = 1024,
+    network: nn.Module, images: np.ndarray, device: torch.device | str = "cpu", batch_size: int | None = None,
     tta: bool = False,
 ) -> np.ndarray:
     """Softmax probabilities ``(n, 10)`` (float32) for uint8 images ``(n, 784)``.
 
     With ``tta`` each image's probabilities are the mean over its copies shifted by :data:`TTA_SHIFTS`.
+    The default batch is 256 images on a CPU (activations stay in cache; 1,024 is a third slower) and
+    4,096 on a GPU.
     """
     network.eval()
     device = torch.device(device)
+    batch_size = batch_size or (4096 if device.type == "cuda" else 256)
     shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
     pixels = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
     out = np.zeros((len(images), 10), dtype=np.float32)

@@ -25,12 +25,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import SVC
 
+from .config import TrainConfig, check_method, preset
 from .data import Digits, split
 from .ensemble import EnsembleModel, is_ensemble
 from .evaluate import predict_proba
 from .files import atomic_path, write_json
 from .models import CONFIG_FILE, WEIGHTS_FILE, load_network, save_network
-from .train import TrainConfig, fit, preset, resolve_device
+from .train import fit, resolve_device
 
 SKOPS_FILE = "model.skops"
 
@@ -94,20 +95,6 @@ METHODS: dict[str, tuple[str, Callable[[TrainConfig | None, bool], BaseEstimator
     "cnn": ("the seed kernel's CNN and recipe (preset 'seed')",
             lambda cfg, progress: NetClassifier(cfg or preset("seed"), progress)),
 }
-# Network methods and the preset each starts from.
-NETWORKS = {"mlp": "mlp", "fast": "fast", "cnn": "seed"}
-
-
-def check_method(name: str) -> None:
-    if name not in METHODS:
-        raise ValueError(f"unknown model '{name}'; known: {', '.join(METHODS)}")
-
-
-def default_config(name: str) -> TrainConfig | None:
-    """The training config a network method starts from (None for a classic method)."""
-    check_method(name)
-    return preset(NETWORKS[name]) if name in NETWORKS else None
-
 
 def make_estimator(name: str, config: TrainConfig | None = None, progress: bool = False) -> BaseEstimator:
     """A fresh, unfitted estimator for a method name; ``config`` overrides a network's training settings."""

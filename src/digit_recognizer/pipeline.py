@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from .config import TrainConfig, default_config
 from .data import Digits, split
 from .ensemble import train_ensemble
 from .evaluate import accuracy, confident_errors, log_loss
 from .files import atomic_path, write_json
-from .methods import NetClassifier, default_config, estimator_proba, load_model, make_estimator, save_model
+from .methods import NetClassifier, estimator_proba, load_model, make_estimator, save_model
 from .plots import plot_confusion, plot_curves, plot_errors
 from .predict import write_submission
-from .train import TrainConfig, resolve_device
+from .train import resolve_device
 
 SUBMISSION_FILE = "submission.csv"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -19,63 +18,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from .data import N_PIXELS
+from .predict import OnnxPredictor, TorchPredictor
 from .preprocess import ImageError, decode, mnist_like
 
 MAX_BODY = 4 * 1024 * 1024
 MAX_BATCH = 1024
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "application/octet-stream")
-
-
-class TorchPredictor:
-    """Probabilities from a run directory (any method saved by the pipeline), on the CPU."""
-
-    backend = "pytorch"
-
-    def __init__(self, run_dir: str | Path) -> None:
-        # Imported here, not at module level, so that serving an ONNX file never loads torch.
-        from .methods import estimator_proba, load_model
-
-        self.model = load_model(run_dir, device="cpu")
-        self.proba = estimator_proba
-        self.name = str(run_dir)
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self.proba(self.model, images)
-
-
-class OnnxPredictor:
-    """Probabilities from an ONNX file written by :func:`export_onnx`, with ONNX Runtime."""
-
-    backend = "onnxruntime"
-
-    def __init__(self, path: str | Path) -> None:
-        import onnxruntime
-
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
-        self.name = str(path)
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        x = images.reshape(-1, 1, 28, 28).astype(np.float32) / 255.0
-        logits = self.session.run(None, {self.input: x})[0]
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-
-
-def export_onnx(run_dir: str | Path, path: str | Path) -> None:
-    """Write the network of a run directory as ONNX (input ``pixels``: float (n, 1, 28, 28) in [0, 1])."""
-    import torch
-
-    from .files import atomic_path
-    from .models import load_network
-
-    network, _ = load_network(run_dir)
-    example = torch.rand(2, 1, 28, 28)
-    with atomic_path(path) as tmp:
-        torch.onnx.export(
-            network, (example,), str(tmp), input_names=["pixels"], output_names=["logits"],
-            dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-        )
 
 
 class BadRequest(Exception):

@@ -1,15 +1,9 @@
-"""Training configuration and the training loop.
-
-The defaults are the seed kernel's recipe: RMSprop at 1e-3, learning rate halved when validation accuracy
-has not improved for 3 epochs (floor 1e-5), batch 86, 30 epochs, a 10 % stratified validation split,
-augmentation by rotation, zoom and shift.
-"""
+"""The training loop: one network, one optimiser, augmentation on the training device, a row of history
+per epoch. What to train and how comes from :class:`~digit_recognizer.config.TrainConfig`."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,95 +12,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .augment import random_affine
+from .config import TrainConfig
 from .data import Digits
 from .evaluate import log_loss, predict_proba
-from .models import ARCHITECTURES, build_network, to_input
-
-
-@dataclass
-class TrainConfig:
-    # Network
-    arch: str = "seed"
-    filters: tuple[int, ...] = (32, 64, 128)
-    kernels: tuple[int, ...] = (5, 3, 3)
-    dense: int = 256
-    dropout: tuple[float, ...] = (0.25, 0.25, 0.25, 0.5)
-    # Optimisation
-    epochs: int = 30
-    batch_size: int = 86
-    optimizer: str = "rmsprop"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    # "plateau": multiply lr by lr_factor when val accuracy stalls for lr_patience epochs (floor min_lr);
-    # "onecycle": warm up to lr over the first quarter of the steps, then anneal to ~0.
-    schedule: str = "plateau"
-    lr_factor: float = 0.5
-    lr_patience: int = 3
-    min_lr: float = 1e-5
-    # Data
-    val_fraction: float = 0.1
-    seed: int = 2
-    augment: bool = True
-    rotation: float = 10.0
-    zoom: float = 0.1
-    shift: float = 0.1
-    # Hardware: "auto" picks CUDA when available
-    device: str = "auto"
-
-    def arch_options(self) -> dict:
-        """The network settings that apply to ``arch`` (the others keep their own defaults)."""
-        if self.arch == "seed":
-            return {"filters": list(self.filters), "kernels": list(self.kernels),
-                    "dense": self.dense, "dropout": list(self.dropout)}
-        if self.arch == "fast":
-            return {"filters": list(self.filters), "dense": self.dense}
-        return {}
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first setting that cannot work."""
-        checks = [
-            (self.arch in ARCHITECTURES, f"arch must be one of {', '.join(ARCHITECTURES)}"),
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (self.batch_size >= 2, "batch_size must be at least 2 (BatchNorm needs two images)"),
-            (self.lr > 0, "lr must be positive"),
-            (0 < self.lr_factor < 1, "lr_factor must be between 0 and 1"),
-            (0 < self.val_fraction < 1, "val_fraction must be between 0 and 1"),
-            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
-            (self.schedule in ("plateau", "onecycle"), "schedule must be plateau or onecycle"),
-            (0 <= self.label_smoothing < 1 and self.weight_decay >= 0, "label_smoothing in [0, 1), weight_decay >= 0"),
-            (len(self.filters) == 3 and len(self.kernels) == 3, "filters and kernels take 3 values each"),
-            (len(self.dropout) == 4 and all(0 <= d < 1 for d in self.dropout),
-             "dropout takes 4 values in [0, 1)"),
-            (self.rotation >= 0 and self.zoom >= 0 and self.shift >= 0, "augmentation magnitudes must be >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def _presets() -> dict[str, TrainConfig]:
-    return {
-        # The seed kernel's recipe, unchanged.
-        "seed": TrainConfig(),
-        # A small BatchNorm CNN with a one-cycle schedule: near the seed's accuracy in a sixth of its time.
-        # The choice among the variants tried is recorded in docs/results.md.
-        "fast": TrainConfig(arch="fast", filters=(16, 32, 64), dense=128, epochs=12, batch_size=128, optimizer="sgd",
-                            lr=0.1, weight_decay=5e-4, schedule="onecycle"),
-        "mlp": TrainConfig(arch="mlp", optimizer="adam", epochs=20, batch_size=128),
-    }
-
-
-def preset(name: str) -> TrainConfig:
-    """A fresh copy of a named recipe: ``seed``, ``fast`` or ``mlp``."""
-    presets = _presets()
-    if name not in presets:
-        raise ValueError(f"unknown preset '{name}'; known: {', '.join(presets)}")
-    return presets[name]
-
+from .models import build_network, to_input
 
 OPTIMIZERS = {
     # Keras's RMSprop decays the squared-gradient average with rho=0.9; torch's default alpha is 0.99.
