@@ -116,3 +116,21 @@ def test_ensembles_and_tta_are_for_networks(small_data_dir, tmp_path, capsys):
     assert main(["run", "--out", str(tmp_path / "b"), "--model", "svm", "--tta"]) == 2
     assert "networks" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("device, model, members, smoothing", [("cpu", "fast", 8, 0.1), ("cuda", "cnn", 15, 0.0)])
+def test_ensemble_preset_is_sized_to_the_hardware(device, model, members, smoothing, monkeypatch):
+    import digit_recognizer.train as train_module
+    from digit_recognizer.cli import UsageError, apply_preset, build_parser, config_from_args
+
+    monkeypatch.setattr(train_module, "resolve_device", lambda name: torch.device(device))
+    args = build_parser().parse_args(["run", "--preset", "ensemble"])
+    apply_preset(args)
+    assert (args.model, args.members, args.folds, args.tta) == (model, members, 5, True)
+    assert config_from_args(args).label_smoothing == smoothing
+
+    args = build_parser().parse_args(["train", "--preset", "ensemble", "--members", "2", "--label-smoothing", "0.2"])
+    apply_preset(args)
+    assert (args.members, args.folds, config_from_args(args).label_smoothing) == (2, 5, 0.2)  # flags win
+    with pytest.raises(UsageError, match="trains model"):
+        apply_preset(build_parser().parse_args(["run", "--preset", "ensemble", "--model", "svm"]))
