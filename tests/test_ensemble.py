@@ -132,5 +132,8 @@ def test_ensemble_preset_is_sized_to_the_hardware(device, model, members, smooth
     args = build_parser().parse_args(["train", "--preset", "ensemble", "--members", "2", "--label-smoothing", "0.2"])
     apply_preset(args)
     assert (args.members, args.folds, config_from_args(args).label_smoothing) == (2, 5, 0.2)  # flags win
+    args = build_parser().parse_args(["run", "--preset", "ensemble", "--members", "0"])
+    apply_preset(args)
+    assert args.members == 0  # kept, so that the members check refuses it rather than the preset hiding it
     with pytest.raises(UsageError, match="trains model"):
         apply_preset(build_parser().parse_args(["run", "--preset", "ensemble", "--model", "svm"]))

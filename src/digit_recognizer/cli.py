@@ -1,6 +1,6 @@
 """The ``digit-recognizer`` command: a thin layer over the package's functions.
 
-Every training setting of :class:`~digit_recognizer.train.TrainConfig` is a flag (``--batch-size 128``,
+Every training setting of :class:`~digit_recognizer.config.TrainConfig` is a flag (``--batch-size 128``,
 ``--no-augment``, ``--filters 32,64,128``) and can also come from a TOML or JSON file (``--config``);
 flags win over the file. Bad input ends the command with exit code 2 and one line on stderr.
 
@@ -95,8 +95,8 @@ def apply_preset(args: argparse.Namespace) -> None:
         except (ValueError, RuntimeError) as err:
             raise UsageError(f"bad training setting: {err}") from None
         preset_model = plan["model"]
-        args.members = args.members or plan["members"]
-        args.folds = args.folds or plan["folds"]
+        args.members = plan["members"] if args.members is None else args.members
+        args.folds = plan["folds"] if args.folds is None else args.folds
         args.preset_settings = plan["settings"]
         if hasattr(args, "tta"):
             args.tta = True
