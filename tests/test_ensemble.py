@@ -126,7 +126,7 @@ def test_ensemble_preset_is_sized_to_the_hardware(device, model, members, smooth
     monkeypatch.setattr(train_module, "resolve_device", lambda name: torch.device(device))
     args = build_parser().parse_args(["run", "--preset", "ensemble"])
     apply_preset(args)
-    assert (args.model, args.members, args.folds, args.tta) == (model, members, 5, True)
+    assert (args.model, args.members, args.folds, args.tta) == (model, members, 5, False)
     assert config_from_args(args).label_smoothing == smoothing
 
     args = build_parser().parse_args(["train", "--preset", "ensemble", "--members", "2", "--label-smoothing", "0.2"])

@@ -58,7 +58,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=PRESETS,
                         help="seed: the seed kernel's CNN and recipe (= --model cnn); fast: a small CNN that "
                              "reaches the same accuracy in a fraction of the time (= --model fast); ensemble: "
-                             "the default ensemble for this hardware, out-of-fold scored, with TTA "
+                             "the default ensemble for this hardware, out-of-fold scored "
                              "(CPU: 8 fast networks x 5 folds, about 75 minutes on 2 cores; GPU: 15 seed "
                              "networks x 5 folds)")
     parser.add_argument("--members", type=int,
@@ -84,7 +84,7 @@ def apply_preset(args: argparse.Namespace) -> None:
     """Resolve --model and --preset into ``args.model`` (default: the seed CNN), and --members / --folds.
 
     ``--preset ensemble`` takes its model, members, folds and settings from :data:`config.ENSEMBLES` for the
-    device that will train, and turns test-time augmentation on; explicit flags still win.
+    device that will train; explicit flags still win.
     """
     args.preset_settings = {}
     if args.preset == "ensemble":
@@ -98,8 +98,6 @@ def apply_preset(args: argparse.Namespace) -> None:
         args.members = plan["members"] if args.members is None else args.members
         args.folds = plan["folds"] if args.folds is None else args.folds
         args.preset_settings = plan["settings"]
-        if hasattr(args, "tta"):
-            args.tta = True
     else:
         preset_model = PRESET_MODELS[args.preset or "seed"]
     if args.preset and args.model and args.model != preset_model:

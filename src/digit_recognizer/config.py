@@ -105,10 +105,11 @@ def preset(name: str) -> TrainConfig:
     return presets[name]
 
 
-# `--preset ensemble`: networks averaged with test-time augmentation and scored out of fold on every
-# training row, sized to the hardware. On 2 CPU cores, fast networks in about 75 minutes (label smoothing
-# raised their out-of-fold accuracy, 20 epochs instead of 12 did not; docs/results.md); on a GPU, the seed
-# network, 15 of them, as many as the best public solutions average.
+# `--preset ensemble`: networks averaged and scored out of fold on every training row, sized to the
+# hardware. On 2 CPU cores, 8 fast networks x 5 folds in about 75 minutes (label smoothing raised their
+# out-of-fold accuracy, 20 epochs instead of 12 did not; test-time augmentation helped each member but not
+# their average, so it stays a choice: docs/results.md). On a GPU, the seed network, 15 of them, as many as
+# the best public solutions average.
 ENSEMBLES = {
     "cpu": {"model": "fast", "members": 8, "folds": 5, "settings": {"label_smoothing": 0.1}},
     "cuda": {"model": "cnn", "members": 15, "folds": 5, "settings": {}},
