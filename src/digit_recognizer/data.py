@@ -62,20 +62,16 @@ def _read(path: Path, labelled: bool) -> Digits:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        # Fast path: every column parsed straight to int16. Any fault (a stray value, a ragged row) fails
-        # it, and the general parse below then finds and names the fault.
-        table = _parse(path, pacsv.ConvertOptions(column_types=dict.fromkeys(expected, pa.int16())))
-    except pa.ArrowInvalid:
-        table = None
+        try:
+            # Fast path: every column parsed straight to int16. Any fault (a stray value, a ragged row)
+            # fails it, and the general parse then finds and names the fault.
+            table = _parse(path, pacsv.ConvertOptions(column_types=dict.fromkeys(expected, pa.int16())))
+        except pa.ArrowInvalid:
+            table = _parse(path)
+    except pa.ArrowInvalid as err:
+        raise DataError(_parse_error(path, len(expected), err)) from None
     except (OSError, EOFError, pa.ArrowException) as err:
         raise DataError(f"{path}: cannot read as CSV ({_first_line(err)})") from None
-    if table is None:
-        try:
-            table = _parse(path)
-        except pa.ArrowInvalid as err:
-            raise DataError(_parse_error(path, len(expected), err)) from None
-        except (OSError, EOFError, pa.ArrowException) as err:
-            raise DataError(f"{path}: cannot read as CSV ({_first_line(err)})") from None
 
     _check_header(path, table.column_names, expected, labelled)
     if table.num_rows == 0:
@@ -184,15 +180,8 @@ def split(digits: Digits, val_fraction: float, seed: int) -> tuple[Digits, Digit
         raise ValueError("split needs labelled digits")
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    # A class with a single example cannot be stratified; tiny data sets fall back to a plain split.
-    from sklearn.model_selection import train_test_split
-
-    counts = np.bincount(digits.labels, minlength=N_CLASSES)
-    stratify = digits.labels if counts[counts > 0].min() >= 2 else None
-    x_tr, x_val, y_tr, y_val = train_test_split(
-        digits.images, digits.labels, test_size=val_fraction, stratify=stratify, random_state=seed
-    )
-    return Digits(x_tr, y_tr), Digits(x_val, y_val)
+    train, val = split_indices(digits.labels, 1, val_fraction, seed)[0]
+    return Digits(digits.images[train], digits.labels[train]), Digits(digits.images[val], digits.labels[val])
 
 
 def split_indices(
@@ -203,6 +192,9 @@ def split_indices(
 
     index = np.arange(len(labels))
     if folds <= 1:
-        train, val = train_test_split(index, test_size=val_fraction, stratify=labels, random_state=seed)
+        # A class with a single example cannot be stratified; tiny data sets fall back to a plain split.
+        counts = np.bincount(labels, minlength=N_CLASSES)
+        stratify = labels if counts[counts > 0].min() >= 2 else None
+        train, val = train_test_split(index, test_size=val_fraction, stratify=stratify, random_state=seed)
         return [(train, val)]
     return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(index, labels))

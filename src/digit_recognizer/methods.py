@@ -25,7 +25,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import SVC
 
-from .config import TrainConfig, check_method, preset
+from .config import TrainConfig, default_config
 from .data import Digits, split
 from .ensemble import EnsembleModel, is_ensemble
 from .evaluate import predict_proba
@@ -76,7 +76,7 @@ def _scaler() -> FunctionTransformer:
     return FunctionTransformer(_scale)
 
 
-# name -> (description, factory taking the network config or None)
+# name -> (description, factory taking the network config (None for a classic method) and progress)
 METHODS: dict[str, tuple[str, Callable[[TrainConfig | None, bool], BaseEstimator]]] = {
     "logreg": ("multinomial logistic regression on pixels / 255",
                lambda cfg, progress: make_pipeline(_scaler(), LogisticRegression(C=0.1, max_iter=300))),
@@ -89,16 +89,18 @@ METHODS: dict[str, tuple[str, Callable[[TrainConfig | None, bool], BaseEstimator
     "forest": ("random forest, 300 trees",
                lambda cfg, progress: RandomForestClassifier(300, n_jobs=-1, random_state=0)),
     "mlp": ("fully connected network 784-512-256-10, trained by the project's loop",
-            lambda cfg, progress: NetClassifier(cfg or preset("mlp"), progress)),
+            lambda cfg, progress: NetClassifier(cfg, progress)),
     "fast": ("small BatchNorm CNN 16-32-64, one-cycle schedule (preset 'fast')",
-             lambda cfg, progress: NetClassifier(cfg or preset("fast"), progress)),
+             lambda cfg, progress: NetClassifier(cfg, progress)),
     "cnn": ("the seed kernel's CNN and recipe (preset 'seed')",
-            lambda cfg, progress: NetClassifier(cfg or preset("seed"), progress)),
+            lambda cfg, progress: NetClassifier(cfg, progress)),
 }
 
+
 def make_estimator(name: str, config: TrainConfig | None = None, progress: bool = False) -> BaseEstimator:
-    """A fresh, unfitted estimator for a method name; ``config`` overrides a network's training settings."""
-    check_method(name)
+    """A fresh, unfitted estimator for a method name; ``config`` overrides a network's training settings
+    (default: the method's preset, :func:`~digit_recognizer.config.default_config`)."""
+    config = config or default_config(name)  # also refuses an unknown name, listing the known ones
     return METHODS[name][1](config, progress)
 
 

@@ -55,7 +55,6 @@ def export_onnx(run_dir: str | Path, path: str | Path) -> None:
     """Write the network of a run directory as ONNX (input ``pixels``: float (n, 1, 28, 28) in [0, 1])."""
     import torch
 
-    from .files import atomic_path
     from .models import load_network
 
     network, _ = load_network(run_dir)
