@@ -90,7 +90,7 @@ def torch_full_loop(x: np.ndarray, y: np.ndarray) -> float:
     """Images/s of the project's own training loop (augmentation on), one epoch after a warm-up epoch."""
     cfg = TrainConfig(epochs=2, lr_patience=100)
     val = Digits(x[:BATCH * 4], y[:BATCH * 4])
-    _, history = fit(cfg, Digits(x, y), val, progress=False)
+    _, history = fit("cnn", cfg, Digits(x, y), val, torch.device("cpu"), progress=False)
     return history[-1]["images_per_second"]
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digit_recognizer.config import preset
+from digit_recognizer.config import method_config
 from digit_recognizer.data import Digits, load_embedded, read_train, write_csv
 from digit_recognizer.pipeline import train_run
 
@@ -37,7 +37,7 @@ def served_run(tmp_path_factory, embedded) -> Path:
         train, epochs = Digits(full.images[:20_000], full.labels[:20_000]), 6
     else:
         train, epochs = embedded[0], 10
-    cfg = preset("fast")
+    cfg = method_config("fast")
     cfg.epochs = epochs
     train_run(train, out, "fast", cfg, progress=False)
     return out

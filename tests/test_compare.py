@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 
 from digit_recognizer.cli import main
+from digit_recognizer.config import METHODS, method_config
 from digit_recognizer.data import read_test, split_indices
-from digit_recognizer.methods import METHODS, estimator_proba, load_model, make_estimator, save_model
+from digit_recognizer.methods import estimator_proba, load_estimator, make_estimator, save_estimator
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSIC = ["logreg", "knn", "svm", "forest"]
@@ -55,9 +56,8 @@ def test_folds_partition_the_data():
 def test_classic_methods_save_and_load_without_pickle(name, embedded, tmp_path):
     train, _ = embedded
     estimator = make_estimator(name).fit(train.images[:300], train.labels[:300])
-    save_model(estimator, tmp_path, name)
-    assert (tmp_path / "model.skops").is_file()
-    loaded = load_model(tmp_path)
+    save_estimator(estimator, tmp_path / "model.skops")
+    loaded = load_estimator(name, method_config(name), tmp_path / "model.skops")
     np.testing.assert_array_equal(loaded.predict(train.images[300:350]), estimator.predict(train.images[300:350]))
     proba = estimator_proba(loaded, train.images[300:350])
     assert proba.shape == (50, 10)

@@ -1,4 +1,5 @@
-"""The torch-free configuration module agrees with the registries it names, and stays torch-free."""
+"""The torch-free configuration module: its records agree with the registries they name, settings from outside
+are checked by name, type and value, and the module stays torch-free."""
 
 from __future__ import annotations
 
@@ -8,34 +9,74 @@ import sys
 import pytest
 
 from digit_recognizer.config import (
-    ARCH_NAMES,
-    METHOD_NAMES,
-    NETWORK_PRESETS,
+    METHODS,
     OPTIMIZER_NAMES,
+    PRESETS,
     TrainConfig,
-    default_config,
+    method_config,
     preset,
 )
 
 
 def test_names_match_the_registries():
-    from digit_recognizer.methods import METHODS
-    from digit_recognizer.models import ARCHITECTURES
+    from digit_recognizer.methods import CLASSIC_ESTIMATORS
+    from digit_recognizer.models import ARCHITECTURES, NETWORK_OPTIONS
     from digit_recognizer.train import OPTIMIZERS
 
-    assert tuple(ARCHITECTURES) == ARCH_NAMES
     assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES
-    assert tuple(METHODS) == METHOD_NAMES
+    assert {name for name, method in METHODS.items() if method.network} == set(ARCHITECTURES) == set(NETWORK_OPTIONS)
+    assert {name for name, method in METHODS.items() if not method.network} == set(CLASSIC_ESTIMATORS)
 
 
-def test_presets_are_selectable_and_valid():
-    for name in ("seed", "fast", "mlp"):
-        preset(name).validate()
-    assert preset("seed") == TrainConfig()  # the seed recipe is the unchanged default
-    assert default_config("fast") == preset(NETWORK_PRESETS["fast"])
-    assert default_config("svm") is None
+def test_presets_name_methods_and_valid_settings():
+    for name in PRESETS:
+        for device_type in ("cpu", "cuda"):
+            p = preset(name, device_type)
+            assert p.method in METHODS and p.members >= 1 and p.folds >= 1
+            TrainConfig.from_dict({**method_config(p.method).to_dict(), **p.settings}).validate()
+    assert method_config("cnn") == TrainConfig()  # the seed recipe is the unchanged default
+    assert preset("seed").method == "cnn" and preset("fast").method == "fast"
+    assert preset("ensemble", "cpu").members == 8 and preset("ensemble", "cuda").method == "cnn"
+    assert method_config("fast") is not method_config("fast")  # fresh copies: changing one leaves the recipe
     with pytest.raises(ValueError, match="unknown preset"):
         preset("turbo")
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"epochs": 1.5}, "epochs must be a whole number"),
+    ({"filters": "abc"}, "filters must be a list"),
+    ({"filters": [8, "x", 8]}, "filters must be a whole number"),
+    ({"augment": "no"}, "augment must be true or false"),
+    ({"lr": True}, "lr must be a number"),
+    ({"device": 0}, "device must be a string"),
+    ({"epoch": 3}, "unknown setting 'epoch'"),
+])
+def test_from_dict_refuses_wrong_names_and_types(values, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict(values, "my.toml")
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"kernels": (5, 4, 3)}, "odd sizes"),
+    ({"dense": 0}, "dense must be"),
+    ({"device": "mps"}, "device must be"),
+    ({"device": "meta"}, "device must be"),
+    ({"lr": float("inf")}, "lr must be a finite"),
+    ({"lr": float("nan")}, "lr must be a finite"),
+    ({"val_fraction": 0.0}, "val_fraction"),
+    ({"seed": -1}, "seed"),
+    ({"zoom": 1.5}, "zoom and shift"),
+])
+def test_validate_refuses_values_that_would_fail_later(values, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict(values).validate()
+
+
+def test_from_dict_converts_lists_and_ints():
+    cfg = TrainConfig.from_dict({"filters": [8, 16, 32], "lr": 1, "dropout": [0, 0.1, 0.1, 0.5]})
+    assert cfg.filters == (8, 16, 32) and cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.dropout == (0.0, 0.1, 0.1, 0.5)
+    cfg.validate()
 
 
 def test_light_modules_do_not_import_torch_or_sklearn():

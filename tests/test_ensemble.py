@@ -7,17 +7,20 @@ import pandas as pd
 import pytest
 import torch
 
-import digit_recognizer.ensemble as ensemble_module
+import digit_recognizer.jobs as jobs_module
+import digit_recognizer.train as train_module
 from digit_recognizer.cli import main
-from digit_recognizer.config import TrainConfig, preset
+from digit_recognizer.config import TrainConfig, method_config
 from digit_recognizer.data import Digits, split_indices
-from digit_recognizer.ensemble import EnsembleModel, train_ensemble
 from digit_recognizer.evaluate import predict_proba, shifted
+from digit_recognizer.methods import EnsembleModel
 from digit_recognizer.models import build_network
+from digit_recognizer.pipeline import train_run
+from digit_recognizer.rundir import load_model
 
 
 def tiny(schedule: str = "onecycle") -> TrainConfig:
-    cfg = preset("fast")
+    cfg = method_config("fast")
     cfg.filters, cfg.dense, cfg.epochs, cfg.schedule = (4, 8, 8), 16, 1, schedule
     return cfg
 
@@ -39,7 +42,7 @@ def test_shift_moves_pixels_and_fills_with_background():
 
 def test_tta_probabilities_are_well_formed(digits):
     torch.manual_seed(0)
-    network = build_network("fast", filters=(4, 8, 8), dense=16)
+    network = build_network("fast", TrainConfig(filters=(4, 8, 8), dense=16))
     plain = predict_proba(network, digits.images[:50])
     tta = predict_proba(network, digits.images[:50], tta=True)
     assert tta.shape == plain.shape == (50, 10)
@@ -48,41 +51,41 @@ def test_tta_probabilities_are_well_formed(digits):
 
 
 def test_ensemble_averages_its_members(digits, tmp_path):
-    metrics, proba, scored = train_ensemble(tiny(), digits, tmp_path, members=2, folds=1, progress=False)
-    assert metrics["members"] == 2 and len(metrics["table"]) == 3
-    assert scored.sum() == 30 and proba.shape == (300, 10)
-    model = EnsembleModel(tmp_path, tta=False)
+    metrics = train_run(digits, tmp_path, "fast", tiny(), progress=False, members=2)
+    assert metrics["members"] == 2 and len(metrics["table"]) == 3 and metrics["rows_scored"] == 30
+    model = load_model(tmp_path)
+    assert isinstance(model, EnsembleModel) and len(model.members) == 2
     averaged = model.predict_proba(digits.images[:40])
-    members = [predict_proba(n, digits.images[:40]) for n in model.networks]
+    members = [m.predict_proba(digits.images[:40]) for m in model.members]
     np.testing.assert_allclose(averaged, np.mean(members, axis=0), rtol=1e-5)
     np.testing.assert_allclose(averaged.sum(1), 1.0, rtol=1e-5)
     for m in range(2):
-        assert (tmp_path / "members" / f"member{m}" / "model.safetensors").is_file()
-        assert (tmp_path / "members" / f"member{m}" / "history.csv").is_file()
+        for name in ("model.safetensors", "history.csv", "config.json", "heldout.npz", "job.json"):
+            assert (tmp_path / "jobs" / f"member{m}" / name).is_file()
 
 
-def test_restart_skips_finished_members(digits, tmp_path, monkeypatch):
-    train_ensemble(tiny(), digits, tmp_path, members=2, folds=2, progress=False)
-    (tmp_path / "members" / "member1-fold1" / "metrics.json").unlink()  # as if interrupted during that one
+def test_restart_trains_only_unfinished_jobs(digits, tmp_path, monkeypatch):
+    train_run(digits, tmp_path, "fast", tiny(), progress=False, members=2, folds=2)
+    (tmp_path / "jobs" / "member1-fold1" / "job.json").unlink()  # as if interrupted during that one
     calls = []
-    real_fit = ensemble_module.fit
-    monkeypatch.setattr(ensemble_module, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
-    metrics, _, scored = train_ensemble(tiny(), digits, tmp_path, members=2, folds=2, progress=False)
-    assert len(calls) == 1
-    assert scored.all() and metrics["estimate"] == "out-of-fold" and metrics["rows_scored"] == 300
+    real = jobs_module.train_job
+    monkeypatch.setattr(jobs_module, "train_job", lambda job, *a, **k: calls.append(job.name) or real(job, *a, **k))
+    metrics = train_run(digits, tmp_path, "fast", tiny(), progress=False, members=2, folds=2)
+    assert calls == ["member1-fold1"]
+    assert metrics["estimate"] == "out-of-fold" and metrics["rows_scored"] == 300
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "plateau"])
 def test_no_model_sees_the_rows_it_is_scored_on(digits, tmp_path, monkeypatch, schedule):
     seen = []
-    real_fit = ensemble_module.fit
+    real_fit = train_module.fit
 
-    def spy(cfg, train, val, progress=True):
+    def spy(method, cfg, train, val, *args, **kwargs):
         seen.append(({r.tobytes() for r in train.images}, {r.tobytes() for r in val.images}))
-        return real_fit(cfg, train, val, progress=progress)
+        return real_fit(method, cfg, train, val, *args, **kwargs)
 
-    monkeypatch.setattr(ensemble_module, "fit", spy)
-    train_ensemble(tiny(schedule), digits, tmp_path, members=1, folds=3, progress=False)
+    monkeypatch.setattr(train_module, "fit", spy)
+    train_run(digits, tmp_path, "fast", tiny(schedule), progress=False, members=1, folds=3)
     folds = split_indices(digits.labels, 3, 0.1, tiny().seed)
     assert len(seen) == 3
     for (train_rows, monitor_rows), (_, held_out) in zip(seen, folds, strict=True):
@@ -101,8 +104,8 @@ def test_cli_ensemble_run_and_predict_with_tta(small_data_dir, tmp_path, capsys)
     assert metrics["estimate"] == "out-of-fold" and metrics["rows_scored"] == 200
     for key in ("single_model_accuracy", "ensemble_accuracy", "ensemble_accuracy_tta"):
         assert 0 <= metrics[key] <= 1
-    assert len(list((out / "members").iterdir())) == 4
-    for name in ("confusion_matrix.png", "errors.png", "submission.csv", "ensemble.json"):
+    assert len(list((out / "jobs").iterdir())) == 4
+    for name in ("confusion_matrix.png", "errors.png", "submission.csv", "run.json"):
         assert (out / name).is_file(), name
     sub = tmp_path / "sub.csv"
     assert main(["predict", "--model", str(out), "--test", str(small_data_dir / "test.csv"), "--out", str(sub),
@@ -120,7 +123,6 @@ def test_ensembles_and_tta_are_for_networks(small_data_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("device, model, members, smoothing", [("cpu", "fast", 8, 0.1), ("cuda", "cnn", 15, 0.0)])
 def test_ensemble_preset_is_sized_to_the_hardware(device, model, members, smoothing, monkeypatch):
-    import digit_recognizer.train as train_module
     from digit_recognizer.cli import UsageError, apply_preset, build_parser, config_from_args
 
     monkeypatch.setattr(train_module, "resolve_device", lambda name: torch.device(device))
@@ -132,8 +134,7 @@ def test_ensemble_preset_is_sized_to_the_hardware(device, model, members, smooth
     args = build_parser().parse_args(["train", "--preset", "ensemble", "--members", "2", "--label-smoothing", "0.2"])
     apply_preset(args)
     assert (args.members, args.folds, config_from_args(args).label_smoothing) == (2, 5, 0.2)  # flags win
-    args = build_parser().parse_args(["run", "--preset", "ensemble", "--members", "0"])
-    apply_preset(args)
-    assert args.members == 0  # kept, so that the members check refuses it rather than the preset hiding it
+    with pytest.raises(UsageError, match="at least 1"):  # an explicit 0 is refused, not hidden by the preset
+        apply_preset(build_parser().parse_args(["run", "--preset", "ensemble", "--members", "0"]))
     with pytest.raises(UsageError, match="trains model"):
         apply_preset(build_parser().parse_args(["run", "--preset", "ensemble", "--model", "svm"]))

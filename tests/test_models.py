@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 
-from digit_recognizer.models import SeedCNN, build_network, load_network, save_network
+from digit_recognizer.config import TrainConfig
+from digit_recognizer.models import SeedCNN, build_network, load_weights, save_weights
 
 
 def conv(c_in: int, c_out: int, k: int) -> int:
@@ -40,30 +39,31 @@ def test_layer_order_follows_the_seed():
 
 
 def test_options_change_the_network():
-    network = build_network("seed", filters=(8, 16, 32), dense=64)
+    network = build_network("cnn", TrainConfig(filters=(8, 16, 32), dense=64))
     assert network(torch.rand(2, 1, 28, 28)).shape == (2, 10)
-    with pytest.raises(ValueError, match="unknown architecture 'nope'"):
+    assert network.classifier[1].out_features == 64
+    with pytest.raises(ValueError, match="unknown network 'nope'"):
         build_network("nope")
 
 
-def test_save_and_load_round_trip(tmp_path):
+def test_weights_round_trip(tmp_path):
     torch.manual_seed(0)
-    network = build_network("seed", filters=(8, 16, 32), dense=32).eval()
-    save_network(network, tmp_path, {"arch": "seed", "arch_options": {"filters": [8, 16, 32], "dense": 32}})
-    loaded, config = load_network(tmp_path)
+    cfg = TrainConfig(filters=(8, 16, 32), dense=32)
+    network = build_network("cnn", cfg).eval()
+    save_weights(network, tmp_path / "model.safetensors")
+    loaded = load_weights(build_network("cnn", cfg), tmp_path / "model.safetensors")
     x = torch.rand(4, 1, 28, 28)
     torch.testing.assert_close(loaded(x), network(x))
-    assert config["arch_options"]["dense"] == 32
     # The weights file is plain safetensors (no pickled code): its header lists tensors only.
     with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
         assert len(list(f.keys())) == len(network.state_dict())
-    assert json.loads((tmp_path / "config.json").read_text())["arch"] == "seed"
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(".*tmp"))
 
 
-def test_load_from_a_folder_without_a_model(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no model\.safetensors"):
-        load_network(tmp_path)
+def test_weights_for_another_network_are_refused(tmp_path):
+    save_weights(build_network("fast"), tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="do not fit the network"):
+        load_weights(build_network("cnn"), tmp_path / "model.safetensors")
 
 
 def test_predictions_do_not_depend_on_the_batch_size():

@@ -69,7 +69,7 @@ def test_predict_with_a_folder_that_is_not_a_run(small_data_dir, tmp_path, capsy
     code = main(["predict", "--model", str(tmp_path), "--test", str(small_data_dir / "test.csv"),
                  "--out", str(tmp_path / "sub.csv")])
     assert code == 2
-    assert "model.safetensors" in capsys.readouterr().err
+    assert "config.json: not found" in capsys.readouterr().err
     assert not (tmp_path / "sub.csv").exists()
 
 
@@ -81,7 +81,7 @@ def test_train_command_with_config_file_and_flag_override(small_data_dir, tmp_pa
                  "--config", str(config), "--epochs", "1"])
     assert code == 0
     saved = json.loads((out / "config.json").read_text())
-    assert saved["train"]["epochs"] == 1 and saved["arch_options"]["filters"] == [8, 16, 16]
+    assert saved["train"]["epochs"] == 1 and saved["train"]["filters"] == [8, 16, 16]
     assert not (out / "submission.csv").exists()
 
 

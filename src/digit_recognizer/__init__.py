@@ -15,12 +15,12 @@ import importlib
 __version__ = "0.1.0"
 
 _WHERE = {
-    "TrainConfig": "config", "preset": "config",
+    "TrainConfig": "config", "METHODS": "config", "PRESETS": "config", "method_config": "config", "preset": "config",
     "DataError": "data", "Digits": "data", "load_embedded": "data", "read_test": "data", "read_train": "data",
-    "METHODS": "methods", "NetClassifier": "methods", "estimator_proba": "methods", "load_model": "methods",
-    "make_estimator": "methods", "save_model": "methods",
-    "build_network": "models", "load_network": "models", "save_network": "models",
-    "run": "pipeline", "train_run": "pipeline",
+    "NetClassifier": "methods", "estimator_proba": "methods", "make_estimator": "methods",
+    "build_network": "models",
+    "compare": "pipeline", "run": "pipeline", "train_run": "pipeline",
+    "load_model": "rundir",
     "write_submission": "predict",
     "fit": "train",
 }

@@ -18,15 +18,13 @@ import tomllib
 from pathlib import Path
 
 from . import __version__
-from .config import ENSEMBLES, METHOD_NAMES, TrainConfig, default_config
+from .config import METHOD_NAMES, METHODS, PRESETS, TrainConfig, method_config, preset
 from .data import DataError, find_csv, load_embedded, read_test, read_train, write_csv
+from .errors import TrainingDiverged
 from .predict import write_submission
+from .rundir import RunDir, RunDirError
 
 PROG = "digit-recognizer"
-
-
-PRESET_MODELS = {"seed": "cnn", "fast": "fast"}
-PRESETS = (*PRESET_MODELS, "ensemble")
 
 
 class UsageError(Exception):
@@ -52,10 +50,27 @@ _FLAG_TYPES = {"int": int, "float": float, "str": str,
                "tuple[int, ...]": _list_of(int), "tuple[float, ...]": _list_of(float)}
 
 
+def _add_output_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
+    parser.add_argument("--out", type=Path, default=Path(default_out),
+                        help=f"run directory to write (default: {default_out}); the same command run again "
+                             "resumes an interrupted run there")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="clear a run directory made by other settings instead of refusing it")
+    parser.add_argument("--quiet", action="store_true", help="no progress output; the result line stays")
+    group = parser.add_argument_group("scale out (Ray)")
+    group.add_argument("--cluster", metavar="auto|ADDRESS",
+                       help="run the training jobs as Ray tasks: 'auto' starts Ray on this machine's cores and "
+                            "GPUs, an ADDRESS (host:6379 or ray://host:10001) joins a running cluster")
+    group.add_argument("--cpus-per-job", type=float, default=1, metavar="N",
+                       help="CPU cores per job; torch uses as many threads (default: 1)")
+    group.add_argument("--gpus-per-job", type=float, default=0, metavar="F",
+                       help="GPUs per job; a fraction such as 0.25 lets four small networks share one (default: 0)")
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="NAME",
                         help=f"method to train: {', '.join(METHOD_NAMES)} (default: cnn, the seed kernel's CNN)")
-    parser.add_argument("--preset", choices=PRESETS,
+    parser.add_argument("--preset", choices=list(PRESETS),
                         help="seed: the seed kernel's CNN and recipe (= --model cnn); fast: a small CNN that "
                              "reaches the same accuracy in a fraction of the time (= --model fast); ensemble: "
                              "the default ensemble for this hardware, out-of-fold scored "
@@ -83,37 +98,37 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 def apply_preset(args: argparse.Namespace) -> None:
     """Resolve --model and --preset into ``args.model`` (default: the seed CNN), and --members / --folds.
 
-    ``--preset ensemble`` takes its model, members, folds and settings from :data:`config.ENSEMBLES` for the
-    device that will train; explicit flags still win.
+    A preset sized to the hardware (``ensemble``) picks by the device that will train; explicit flags win.
     """
-    args.preset_settings = {}
-    if args.preset == "ensemble":
-        from .train import resolve_device
+    from .train import resolve_device
 
-        try:
-            plan = ENSEMBLES["cuda" if resolve_device(args.device or "auto").type == "cuda" else "cpu"]
-        except (ValueError, RuntimeError) as err:
-            raise UsageError(f"bad training setting: {err}") from None
-        preset_model = plan["model"]
-        args.members = plan["members"] if args.members is None else args.members
-        args.folds = plan["folds"] if args.folds is None else args.folds
-        args.preset_settings = plan["settings"]
-    else:
-        preset_model = PRESET_MODELS[args.preset or "seed"]
-    if args.preset and args.model and args.model != preset_model:
-        raise UsageError(f"--preset {args.preset} trains model '{preset_model}', not '{args.model}'")
-    args.model = args.model or preset_model
-    if args.model not in METHOD_NAMES:
+    try:
+        device_type = resolve_device(args.device or "auto").type
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(f"bad training setting: {err}") from None
+    chosen = preset(args.preset or "seed", "cuda" if device_type == "cuda" else "cpu")
+    if args.preset and args.model and args.model != chosen.method:
+        raise UsageError(f"--preset {args.preset} trains model '{chosen.method}', not '{args.model}'")
+    args.model = args.model or chosen.method
+    if args.model not in METHODS:
         raise UsageError(f"unknown model '{args.model}'; known: {', '.join(METHOD_NAMES)}")
-    args.members = 1 if args.members is None else args.members
-    args.folds = 1 if args.folds is None else args.folds
+    args.preset_settings = chosen.settings if args.preset else {}
+    args.members = (chosen.members if args.preset else 1) if args.members is None else args.members
+    args.folds = (chosen.folds if args.preset else 1) if args.folds is None else args.folds
+    if args.members < 1 or args.folds < 1:
+        raise UsageError("--members and --folds must be at least 1")
+    network = METHODS[args.model].network
+    if (args.members > 1 or args.folds > 1) and not network:
+        raise UsageError(f"--members and --folds train networks; '{args.model}' is not one")
+    if getattr(args, "tta", False) and not network:
+        raise UsageError("--tta applies to networks, not to scikit-learn models")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The chosen method's training config (``args.model`` resolved), updated by the preset's settings, then
-    ``--config``, then flags."""
-    values: dict = dataclasses.asdict(default_config(args.model) or TrainConfig())
-    values.update(getattr(args, "preset_settings", {}))
+    ``--config``, then flags; every value checked before anything else happens."""
+    values = method_config(args.model).to_dict()
+    values.update(args.preset_settings)
     if args.config is not None:
         values.update(read_config_file(args.config))
     for f in dataclasses.fields(TrainConfig):
@@ -122,28 +137,26 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from .train import resolve_device
 
     try:
-        cfg = TrainConfig(**values)
+        cfg = TrainConfig.from_dict(values)
         cfg.validate()
         resolve_device(cfg.device)
-    except (TypeError, ValueError, RuntimeError) as err:
+    except (ValueError, RuntimeError) as err:
         raise UsageError(f"bad training setting: {err}") from None
     return cfg
 
 
 def read_config_file(path: Path) -> dict:
-    """Settings from a TOML or JSON file, checked against TrainConfig's fields."""
+    """Settings from a TOML or JSON file, checked against TrainConfig's names and types."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"{path}: cannot read config ({err})") from None
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for key, value in values.items():
-        if key not in fields:
-            raise UsageError(f"{path}: unknown setting '{key}'; known: {', '.join(fields)}")
-        if isinstance(value, list):
-            values[key] = tuple(value)
-    return values
+    except (OSError, ValueError, RecursionError) as err:
+        raise UsageError(f"{path}: cannot read config ({str(err)[:200]})") from None
+    try:
+        typed = TrainConfig.from_dict(values, str(path))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return {key: getattr(typed, key) for key in values}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,15 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train, report and write a submission (the whole job)")
     p.add_argument("--data-dir", type=Path,
                    help="folder with train.csv(.gz) and test.csv(.gz); default: the embedded 5,000 MNIST digits")
-    p.add_argument("--out", type=Path, default=Path("run"), help="run directory to write (default: run)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--tta", action="store_true", help="test-time augmentation for the submission")
+    _add_output_flags(p, "run")
     _add_config_flags(p)
 
     p = sub.add_parser("train", help="train and report, without predicting a test set")
     p.add_argument("--train", type=Path, help="Kaggle train.csv(.gz); default: the embedded digits")
-    p.add_argument("--out", type=Path, default=Path("run"), help="run directory to write (default: run)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    _add_output_flags(p, "run")
     _add_config_flags(p)
 
     p = sub.add_parser("predict", help="write a submission for a test file with a trained run")
@@ -178,13 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="compare methods on the same split (or folds): table, figure, submissions")
     p.add_argument("--data-dir", type=Path,
                    help="folder with train.csv(.gz) and optionally test.csv(.gz); default: the embedded digits")
-    p.add_argument("--out", type=Path, default=Path("comparison"), help="folder to write (default: comparison)")
     p.add_argument("--models", default=",".join(METHOD_NAMES),
                    help=f"comma-separated methods (default: all of {','.join(METHOD_NAMES)})")
     p.add_argument("--folds", type=int, default=1, help="K for stratified K-fold; 1 = one split (default: 1)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction when --folds is 1")
     p.add_argument("--seed", type=int, default=2)
-    p.add_argument("--quiet", action="store_true")
+    _add_output_flags(p, "comparison")
 
     p = sub.add_parser("serve", help="web page to draw a digit, and the prediction API")
     source = p.add_mutually_exclusive_group(required=True)
@@ -202,21 +212,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: exists and is not a directory")
-
-
 def _say(quiet: bool, message: str) -> None:
     if not quiet:
         print(message, file=sys.stderr)
 
 
-def cmd_run(args: argparse.Namespace) -> None:
+def _executor(args: argparse.Namespace, device: str):
+    """Where the training jobs run: in this process, or as Ray tasks with --cluster."""
+    if args.cpus_per_job <= 0 or not 0 <= args.gpus_per_job <= 64:
+        raise UsageError("--cpus-per-job must be above 0 and --gpus-per-job in 0 .. 64")
+    if args.cluster is None:
+        from .jobs import InProcess
+
+        return InProcess(device)
+    from .cluster import RayCluster
+
+    try:
+        return RayCluster(args.cluster, cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job)
+    except (ImportError, ConnectionError, ValueError) as err:
+        raise UsageError(str(err)) from None
+
+
+def _training_command(args: argparse.Namespace) -> tuple[TrainConfig, RunDir]:
+    """Everything a training command checks before reading data: settings, output directory."""
     apply_preset(args)
     cfg = config_from_args(args)
-    _check_ensemble_args(args)
-    _check_out_dir(args.out)
+    run_dir = RunDir(args.out)
+    run_dir.check_writable()
+    return cfg, run_dir
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    cfg, _ = _training_command(args)
     # Read and check both files before training, so that a bad test file costs seconds, not an hour.
     if args.data_dir is None:
         train, test = load_embedded()
@@ -228,31 +255,31 @@ def cmd_run(args: argparse.Namespace) -> None:
     _say(args.quiet, f"{PROG}: {len(train):,} training and {len(test):,} test images from {source}")
     from .pipeline import run
 
-    metrics = run(train, test, args.out, args.model, cfg, not args.quiet, args.members, args.folds, args.tta)
-    _say(args.quiet, _summary(metrics, args.out, with_submission=True))
+    executor = _executor(args, cfg.device)
+    with _closing(executor):
+        metrics = run(train, test, args.out, args.model, cfg, not args.quiet, args.members, args.folds, args.tta,
+                      args.overwrite, executor)
+    _report(metrics, args.out, with_submission=True)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    apply_preset(args)
-    cfg = config_from_args(args)
-    _check_ensemble_args(args)
-    _check_out_dir(args.out)
+    cfg, _ = _training_command(args)
     from .pipeline import train_run
 
     train = load_embedded()[0] if args.train is None else read_train(args.train)
-    metrics = train_run(train, args.out, args.model, cfg, not args.quiet, args.members, args.folds)
-    _say(args.quiet, _summary(metrics, args.out, with_submission=False))
+    executor = _executor(args, cfg.device)
+    with _closing(executor):
+        metrics = train_run(train, args.out, args.model, cfg, not args.quiet, args.members, args.folds,
+                            args.overwrite, executor)
+    _report(metrics, args.out, with_submission=False)
 
 
-def _check_ensemble_args(args: argparse.Namespace) -> None:
-    """Refuse, before any data is read or trained on, what only networks can do."""
-    if args.members < 1 or args.folds < 1:
-        raise UsageError("--members and --folds must be at least 1")
-    network = default_config(args.model) is not None
-    if (args.members > 1 or args.folds > 1) and not network:
-        raise UsageError(f"--members and --folds train networks; '{args.model}' is not one")
-    if getattr(args, "tta", False) and not network:
-        raise UsageError("--tta applies to networks, not to scikit-learn models")
+def _closing(executor: object):
+    """Shut a cluster connection down when the command ends, however it ends."""
+    import contextlib
+
+    close = getattr(executor, "close", None)
+    return contextlib.closing(executor) if close else contextlib.nullcontext()
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -262,11 +289,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.onnx is not None:
         from .predict import OnnxPredictor
 
-        if not args.onnx.is_file():
-            raise UsageError(f"{args.onnx}: file not found")
-        proba = OnnxPredictor(args.onnx)(test.images)
+        try:
+            proba = OnnxPredictor(args.onnx)(test.images)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     else:
-        from .methods import estimator_proba, load_model
+        from .methods import estimator_proba
+        from .rundir import load_model
 
         try:
             model = load_model(args.model, device=args.device, tta=args.tta)
@@ -282,22 +311,28 @@ def cmd_compare(args: argparse.Namespace) -> None:
     unknown = [m for m in models if m not in METHOD_NAMES]
     if unknown or not models:
         raise UsageError(f"unknown model '{unknown[0] if unknown else ''}'; known: {', '.join(METHOD_NAMES)}")
+    if len(set(models)) != len(models):
+        raise UsageError(f"--models names a method twice: {args.models}")
     if args.folds < 1 or (args.folds == 1 and not 0 < args.val_fraction < 1):
         raise UsageError("--folds must be >= 1 and --val-fraction between 0 and 1")
-    _check_out_dir(args.out)
+    if not 0 <= args.seed < 2**31:
+        raise UsageError("--seed must be in 0 .. 2^31 - 1")
+    RunDir(args.out).check_writable()
     if args.data_dir is None:
         train, test = load_embedded()
     else:
         train = read_train(find_csv(args.data_dir, "train"))
         has_test = any((args.data_dir / f"test.csv{ext}").is_file() for ext in ("", ".gz"))
         test = read_test(find_csv(args.data_dir, "test")) if has_test else None
-    from .compare import compare
+    from .pipeline import compare
 
-    table = compare(train, args.out, models, test=test, folds=args.folds, val_fraction=args.val_fraction,
-                    seed=args.seed, progress=not args.quiet)
+    executor = _executor(args, "auto")
+    with _closing(executor):
+        table = compare(train, args.out, models, test=test, folds=args.folds, val_fraction=args.val_fraction,
+                        seed=args.seed, progress=not args.quiet, overwrite=args.overwrite, executor=executor)
     if not args.quiet:
         print(table[["model", "accuracy", "fit_seconds", "predict_seconds"]].to_string(index=False))
-    _say(args.quiet, f"{PROG}: wrote {args.out / 'comparison.csv'} and {args.out / 'comparison.png'}")
+    print(f"{PROG}: wrote {args.out / 'comparison.csv'} and {args.out / 'comparison.png'}", file=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -310,6 +345,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         predictor = OnnxPredictor(args.onnx) if args.onnx else TorchPredictor(args.model)
     except (ValueError, RuntimeError) as err:
         raise UsageError(str(err).splitlines()[0]) from None
+    import socket
+
+    try:  # bound and released at once: a port in use is refused here, before "serving" is printed
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        socket.create_server((args.host.strip("[]"), args.port), family=family).close()
+    except (OSError, OverflowError) as err:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {getattr(err, 'strerror', None) or err}") from None
     print(f"{PROG}: serving {predictor.name} ({predictor.backend}) on http://{args.host}:{args.port}/",
           file=sys.stderr)
     serve(predictor, args.host, args.port)
@@ -318,32 +360,41 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from .predict import export_onnx
 
-    export_onnx(args.model, args.onnx)
+    try:
+        export_onnx(args.model, args.onnx)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     print(f"{PROG}: wrote {args.onnx}", file=sys.stderr)
 
 
 def cmd_sample_data(args: argparse.Namespace) -> None:
-    _check_out_dir(args.out)
+    RunDir(args.out).check_writable()
     train, test = load_embedded()
-    args.out.mkdir(parents=True, exist_ok=True)
     write_csv(train, args.out / "train.csv")
     write_csv(test, args.out / "test.csv")
     print(f"{PROG}: wrote {args.out / 'train.csv'} ({len(train):,} rows) and "
           f"{args.out / 'test.csv'} ({len(test):,} rows)", file=sys.stderr)
 
 
-def _summary(metrics: dict, out: Path, with_submission: bool) -> str:
-    from .pipeline import SUBMISSION_FILE
+def _report(metrics: dict, out: Path, with_submission: bool) -> None:
+    """The result line (always printed, --quiet or not), and a warning when training failed to learn."""
+    from .rundir import SUBMISSION_FILE
+    from .train import CHANCE
 
     if "ensemble_accuracy" in metrics:
+        accuracy = metrics["ensemble_accuracy"]
         line = (f"{PROG}: {metrics['estimate']} accuracy: single model {metrics['single_model_accuracy']:.4f}, "
-                f"ensemble of {metrics['members']} {metrics['ensemble_accuracy']:.4f}, "
+                f"ensemble of {metrics['members']} {accuracy:.4f}, "
                 f"with TTA {metrics['ensemble_accuracy_tta']:.4f}; outputs in {out}/")
-        return line + (f" (submission: {out / SUBMISSION_FILE})" if with_submission else "")
-    epochs = f" after {metrics['epochs']} epochs" if "epochs" in metrics else ""
-    line = (f"{PROG}: {metrics['model']} val_accuracy {metrics['val_accuracy']:.4f}{epochs} "
-            f"in {metrics['train_seconds']:.0f}s on {metrics['device']}; outputs in {out}/")
-    return line + (f" (submission: {out / SUBMISSION_FILE})" if with_submission else "")
+    else:
+        accuracy = metrics["val_accuracy"]
+        epochs = f" after {metrics['epochs']} epochs" if "epochs" in metrics else ""
+        line = (f"{PROG}: {metrics['model']} val_accuracy {accuracy:.4f}{epochs} "
+                f"in {metrics['train_seconds']:.0f}s on {metrics['device']}; outputs in {out}/")
+    print(line + (f" (submission: {out / SUBMISSION_FILE})" if with_submission else ""), file=sys.stderr)
+    if accuracy <= CHANCE:
+        print(f"{PROG}: warning: accuracy {accuracy:.4f} is at chance level: the model learned nothing "
+              "(check --lr and the other settings)", file=sys.stderr)
 
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "predict": cmd_predict, "compare": cmd_compare,
@@ -354,9 +405,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         COMMANDS[args.command](args)
-    except (UsageError, DataError, FileNotFoundError) as err:
+    except (UsageError, DataError, RunDirError, FileNotFoundError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -1,29 +1,30 @@
-"""Training configuration: a small dataclass, the named recipes (presets), and the method names.
+"""Settings: the training config, one record per method and one per preset.
 
 Kept free of torch and scikit-learn so that the command line can build its flags, and ONNX prediction can
-run, without importing either. The defaults are the seed kernel's recipe: RMSprop at 1e-3, learning rate
-halved when validation accuracy has not improved for 3 epochs (floor 1e-5), batch 86, 30 epochs, a 10 %
-stratified validation split, augmentation by rotation, zoom and shift.
+run, without importing either. :class:`TrainConfig`'s defaults are the seed kernel's recipe: RMSprop at 1e-3,
+learning rate halved when validation accuracy has not improved for 3 epochs (floor 1e-5), batch 86, 30 epochs,
+a 10 % stratified validation split, augmentation by rotation, zoom and shift.
+
+Every config that comes from outside (a flag, a TOML or JSON file, a saved run) goes through
+:meth:`TrainConfig.from_dict`, which checks names and types, then :meth:`TrainConfig.validate`, which checks
+values: a setting that would fail later fails here, before any data is read or trained on.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
 
-# Must match models.ARCHITECTURES and train.OPTIMIZERS (a test checks both).
-ARCH_NAMES = ("seed", "fast", "mlp")
+# Must match train.OPTIMIZERS (a test checks it).
 OPTIMIZER_NAMES = ("rmsprop", "adam", "adamw", "sgd")
-# Method names of methods.METHODS: scikit-learn pipelines, then networks with the preset each starts from.
-CLASSIC_METHODS = ("logreg", "knn", "svm", "forest")
-NETWORK_PRESETS = {"mlp": "mlp", "fast": "fast", "cnn": "seed"}
-METHOD_NAMES = (*CLASSIC_METHODS, *NETWORK_PRESETS)
+SCHEDULES = ("plateau", "onecycle")
 
 
 @dataclass
 class TrainConfig:
-    # Network
-    arch: str = "seed"
+    # Network (which settings a network uses depends on the method: models.NETWORK_OPTIONS)
     filters: tuple[int, ...] = (32, 64, 128)
     kernels: tuple[int, ...] = (5, 3, 3)
     dense: int = 256
@@ -51,31 +52,51 @@ class TrainConfig:
     # Hardware: "auto" picks CUDA when available
     device: str = "auto"
 
-    def arch_options(self) -> dict:
-        """The network settings that apply to ``arch`` (the others keep their own defaults)."""
-        if self.arch == "seed":
-            return {"filters": list(self.filters), "kernels": list(self.kernels),
-                    "dense": self.dense, "dropout": list(self.dropout)}
-        if self.arch == "fast":
-            return {"filters": list(self.filters), "dense": self.dense}
-        return {}
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "settings") -> TrainConfig:
+        """Build a config from plain values (TOML, JSON, flags), refusing unknown names and wrong types.
+
+        Lists become tuples; an int is accepted where a float is expected, never a bool where a number is.
+        Raises ValueError naming ``where`` and the setting. The result is not yet :meth:`validate`-d.
+        """
+        if not isinstance(values, dict):
+            raise ValueError(f"{where}: expected a table of settings, got {type(values).__name__}")
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        checked = {}
+        for key, value in values.items():
+            if key not in types:
+                raise ValueError(f"{where}: unknown setting '{key}'; known: {', '.join(types)}")
+            checked[key] = _typed(value, types[key], f"{where}: {key}")
+        return cls(**checked)
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
+        def finite(x: float) -> bool:
+            return math.isfinite(x)
+
         checks = [
-            (self.arch in ARCH_NAMES, f"arch must be one of {', '.join(ARCH_NAMES)}"),
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 2, "batch_size must be at least 2 (BatchNorm needs two images)"),
-            (self.lr > 0, "lr must be positive"),
-            (0 < self.lr_factor < 1, "lr_factor must be between 0 and 1"),
-            (0 < self.val_fraction < 1, "val_fraction must be between 0 and 1"),
+            (finite(self.lr) and self.lr > 0, "lr must be a finite number above 0"),
+            (finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay must be a finite number >= 0"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.optimizer in OPTIMIZER_NAMES, f"optimizer must be one of {', '.join(OPTIMIZER_NAMES)}"),
-            (self.schedule in ("plateau", "onecycle"), "schedule must be plateau or onecycle"),
-            (0 <= self.label_smoothing < 1 and self.weight_decay >= 0, "label_smoothing in [0, 1), weight_decay >= 0"),
-            (len(self.filters) == 3 and len(self.kernels) == 3, "filters and kernels take 3 values each"),
-            (len(self.dropout) == 4 and all(0 <= d < 1 for d in self.dropout),
-             "dropout takes 4 values in [0, 1)"),
-            (self.rotation >= 0 and self.zoom >= 0 and self.shift >= 0, "augmentation magnitudes must be >= 0"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
+            (0 < self.lr_factor < 1, "lr_factor must be between 0 and 1"),
+            (self.lr_patience >= 0, "lr_patience must be >= 0"),
+            (finite(self.min_lr) and self.min_lr >= 0, "min_lr must be a finite number >= 0"),
+            (0 < self.val_fraction < 1, "val_fraction must be between 0 and 1"),
+            (0 <= self.seed < 2**31, "seed must be in 0 .. 2^31 - 1"),
+            (len(self.filters) == 3 and all(1 <= f <= 1024 for f in self.filters),
+             "filters takes 3 values in 1 .. 1024"),
+            (len(self.kernels) == 3 and all(k in (1, 3, 5, 7, 9) for k in self.kernels),
+             "kernels takes 3 odd sizes in 1 .. 9 (an even size would shift the image)"),
+            (1 <= self.dense <= 8192, "dense must be in 1 .. 8192"),
+            (len(self.dropout) == 4 and all(0 <= d < 1 for d in self.dropout), "dropout takes 4 values in [0, 1)"),
+            (0 <= self.rotation <= 180, "rotation must be in 0 .. 180 degrees"),
+            (0 <= self.zoom < 1 and 0 <= self.shift < 1, "zoom and shift must be fractions in [0, 1)"),
+            (re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+             "device must be auto, cpu, cuda or cuda:N"),
         ]
         for ok, message in checks:
             if not ok:
@@ -85,24 +106,83 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _presets() -> dict[str, TrainConfig]:
-    return {
-        # The seed kernel's recipe, unchanged.
-        "seed": TrainConfig(),
-        # A small BatchNorm CNN with a one-cycle schedule: near the seed's accuracy in a sixth of its time.
-        # The choice among the variants tried is recorded in docs/results.md.
-        "fast": TrainConfig(arch="fast", filters=(16, 32, 64), dense=128, epochs=12, batch_size=128, optimizer="sgd",
-                            lr=0.1, weight_decay=5e-4, schedule="onecycle"),
-        "mlp": TrainConfig(arch="mlp", optimizer="adam", epochs=20, batch_size=128),
-    }
+def _typed(value: object, annotation: str, where: str) -> object:
+    """``value`` converted to the field's type (annotations are strings: postponed evaluation)."""
+    if annotation.startswith("tuple["):
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{where} must be a list, got {value!r}")
+        item = annotation[len("tuple["):-len(", ...]")]
+        return tuple(_typed(v, item, where) for v in value)
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if annotation == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where} must be a whole number, got {value!r}")
+        return value
+    if annotation == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if annotation == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"no conversion for {annotation}")  # a new field type: a programming error
 
 
-def preset(name: str) -> TrainConfig:
-    """A fresh copy of a named recipe: ``seed``, ``fast`` or ``mlp``."""
-    presets = _presets()
-    if name not in presets:
-        raise ValueError(f"unknown preset '{name}'; known: {', '.join(presets)}")
-    return presets[name]
+@dataclass(frozen=True)
+class Method:
+    """A way to train a model, by name: a scikit-learn pipeline, or a network with its default recipe."""
+
+    description: str
+    recipe: TrainConfig | None = None  # a network's training settings; None for a scikit-learn method
+
+    @property
+    def network(self) -> bool:
+        return self.recipe is not None
+
+
+# The classic settings were chosen by 3-fold cross-validation (benchmarks/tune_classic.py). Must match the
+# estimators of methods.make_estimator and the networks of models.ARCHITECTURES (a test checks both).
+METHODS: dict[str, Method] = {
+    "logreg": Method("multinomial logistic regression on pixels / 255"),
+    "knn": Method("k-nearest neighbours (k = 6, distance-weighted) on 30 PCA components"),
+    "svm": Method("SVM with an RBF kernel on 50 PCA components"),
+    "forest": Method("random forest, 300 trees"),
+    "mlp": Method("fully connected network 784-512-256-10",
+                  TrainConfig(optimizer="adam", epochs=20, batch_size=128)),
+    # A small BatchNorm CNN with a one-cycle schedule: near the seed's accuracy in a sixth of its time.
+    # The choice among the variants tried is recorded in docs/results.md.
+    "fast": Method("small BatchNorm CNN 16-32-64, one-cycle schedule",
+                   TrainConfig(filters=(16, 32, 64), dense=128, epochs=12, batch_size=128, optimizer="sgd", lr=0.1,
+                               weight_decay=5e-4, schedule="onecycle")),
+    # The seed kernel's recipe, unchanged: TrainConfig's defaults.
+    "cnn": Method("the seed kernel's CNN and recipe", TrainConfig()),
+}
+METHOD_NAMES = tuple(METHODS)
+
+
+def check_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown model '{name}'; known: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def method_config(name: str) -> TrainConfig:
+    """A fresh copy of the settings a method starts from (a classic method uses only the split settings)."""
+    return dataclasses.replace(check_method(name).recipe or TrainConfig())
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named choice of method, ensemble size and setting overrides."""
+
+    method: str
+    members: int = 1
+    folds: int = 1
+    settings: dict = field(default_factory=dict)
 
 
 # `--preset ensemble`: networks averaged and scored out of fold on every training row, sized to the
@@ -110,18 +190,17 @@ def preset(name: str) -> TrainConfig:
 # out-of-fold accuracy, 20 epochs instead of 12 did not; test-time augmentation helped each member but not
 # their average, so it stays a choice: docs/results.md). On a GPU, the seed network, 15 of them, as many as
 # the best public solutions average.
-ENSEMBLES = {
-    "cpu": {"model": "fast", "members": 8, "folds": 5, "settings": {"label_smoothing": 0.1}},
-    "cuda": {"model": "cnn", "members": 15, "folds": 5, "settings": {}},
+PRESETS: dict[str, Preset | dict[str, Preset]] = {
+    "seed": Preset("cnn"),
+    "fast": Preset("fast"),
+    "ensemble": {"cpu": Preset("fast", members=8, folds=5, settings={"label_smoothing": 0.1}),
+                 "cuda": Preset("cnn", members=15, folds=5)},
 }
 
 
-def check_method(name: str) -> None:
-    if name not in METHOD_NAMES:
-        raise ValueError(f"unknown model '{name}'; known: {', '.join(METHOD_NAMES)}")
-
-
-def default_config(name: str) -> TrainConfig | None:
-    """The training config a network method starts from (None for a classic method)."""
-    check_method(name)
-    return preset(NETWORK_PRESETS[name]) if name in NETWORK_PRESETS else None
+def preset(name: str, device_type: str = "cpu") -> Preset:
+    """The preset of that name; one sized to the hardware picks by ``device_type`` (``cpu`` or ``cuda``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset '{name}'; known: {', '.join(PRESETS)}")
+    chosen = PRESETS[name]
+    return chosen[device_type] if isinstance(chosen, dict) else chosen

@@ -1,18 +1,21 @@
-"""Every method behind scikit-learn's interface (``fit`` / ``predict`` / ``predict_proba``), by name.
+"""Every method behind scikit-learn's interface (``fit`` / ``predict`` / ``predict_proba``), by name, and the
+files a fitted one is kept in.
 
 The classic methods are scikit-learn pipelines; the networks are :class:`NetClassifier`, a thin wrapper over
-the project's one training loop (:func:`digit_recognizer.train.fit`). A fitted model of either kind is saved
-into a run directory and loaded back by :func:`save_model` / :func:`load_model`, without executing code:
-networks as safetensors, scikit-learn pipelines with skops (whose loader refuses types it was not told to
-trust).
+the project's one training loop (:func:`digit_recognizer.train.fit`). Their names and descriptions are the
+records of :data:`digit_recognizer.config.METHODS`.
 
-The classic settings below were chosen by 3-fold cross-validation on the competition's training data
-(``benchmarks/tune_classic.py``; the grids and scores are in ``docs/results.md``).
+A fitted model is saved without anything that can execute code when loaded: a network as safetensors, a
+scikit-learn pipeline with skops. skops would trust every scikit-learn estimator and every NumPy function by
+default, and some of those evaluate strings or call other functions; :func:`load_estimator` therefore reads
+the file's schema first and refuses any type outside :func:`trusted_types`, the exact types this project's own
+methods save.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +24,16 @@ from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import SVC
+from sklearn.tree import DecisionTreeClassifier
+from sklearn.tree._tree import Tree
 
-from .config import TrainConfig, default_config
-from .data import Digits, split
-from .ensemble import EnsembleModel, is_ensemble
+from .config import TrainConfig, check_method, method_config
+from .data import N_CLASSES, N_PIXELS, Digits, split
 from .evaluate import predict_proba
-from .files import atomic_path, write_json
-from .models import CONFIG_FILE, WEIGHTS_FILE, load_network, save_network
-from .train import fit, resolve_device
-
-SKOPS_FILE = "model.skops"
+from .files import atomic_path
 
 
 class NetClassifier(ClassifierMixin, BaseEstimator):
@@ -44,20 +44,28 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
     instead, as the seed kernel does.
     """
 
-    def __init__(self, config: TrainConfig | None = None, progress: bool = False, tta: bool = False) -> None:
+    def __init__(self, method: str = "cnn", config: TrainConfig | None = None, device: str = "auto",
+                 progress: bool = False, label: str = "", tta: bool = False) -> None:
+        self.method = method
         self.config = config
+        self.device = device
         self.progress = progress
+        self.label = label
         self.tta = tta
 
-    def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None,
-            y_val: np.ndarray | None = None) -> NetClassifier:
-        cfg = self.config or TrainConfig()
+    def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
+            checkpoint: object | None = None) -> NetClassifier:
+        from .train import fit, resolve_device
+
+        cfg = self.config or method_config(self.method)
+        cfg.validate()
         if X_val is None:
             train, val = split(Digits(X, y), cfg.val_fraction, cfg.seed)
         else:
             train, val = Digits(X, y), Digits(X_val, y_val)
-        self.network_, self.history_ = fit(cfg, train, val, progress=self.progress)
-        self.classes_ = np.arange(10)
+        self.network_, self.history_ = fit(self.method, cfg, train, val, resolve_device(self.device),
+                                           self.progress, self.label, checkpoint)
+        self.classes_ = np.arange(N_CLASSES)
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -76,84 +84,140 @@ def _scaler() -> FunctionTransformer:
     return FunctionTransformer(_scale)
 
 
-# name -> (description, factory taking the network config (None for a classic method) and progress)
-METHODS: dict[str, tuple[str, Callable[[TrainConfig | None, bool], BaseEstimator]]] = {
-    "logreg": ("multinomial logistic regression on pixels / 255",
-               lambda cfg, progress: make_pipeline(_scaler(), LogisticRegression(C=0.1, max_iter=300))),
-    "knn": ("k-nearest neighbours (k=6, distance-weighted) on 30 PCA components",
-            lambda cfg, progress: make_pipeline(_scaler(), PCA(30, random_state=0),
-                                                KNeighborsClassifier(6, weights="distance"))),
-    "svm": ("SVM with an RBF kernel on 50 PCA components",
-            lambda cfg, progress: make_pipeline(_scaler(), PCA(50, random_state=0),
-                                                SVC(C=10, gamma="scale"))),
-    "forest": ("random forest, 300 trees",
-               lambda cfg, progress: RandomForestClassifier(300, n_jobs=-1, random_state=0)),
-    "mlp": ("fully connected network 784-512-256-10, trained by the project's loop",
-            lambda cfg, progress: NetClassifier(cfg, progress)),
-    "fast": ("small BatchNorm CNN 16-32-64, one-cycle schedule (preset 'fast')",
-             lambda cfg, progress: NetClassifier(cfg, progress)),
-    "cnn": ("the seed kernel's CNN and recipe (preset 'seed')",
-            lambda cfg, progress: NetClassifier(cfg, progress)),
+CLASSIC_ESTIMATORS = {
+    "logreg": lambda: make_pipeline(_scaler(), LogisticRegression(C=0.1, max_iter=300)),
+    "knn": lambda: make_pipeline(_scaler(), PCA(30, random_state=0), KNeighborsClassifier(6, weights="distance")),
+    "svm": lambda: make_pipeline(_scaler(), PCA(50, random_state=0), SVC(C=10, gamma="scale")),
+    "forest": lambda: RandomForestClassifier(300, n_jobs=-1, random_state=0),
 }
 
 
-def make_estimator(name: str, config: TrainConfig | None = None, progress: bool = False) -> BaseEstimator:
-    """A fresh, unfitted estimator for a method name; ``config`` overrides a network's training settings
-    (default: the method's preset, :func:`~digit_recognizer.config.default_config`)."""
-    config = config or default_config(name)  # also refuses an unknown name, listing the known ones
-    return METHODS[name][1](config, progress)
+def make_estimator(name: str, config: TrainConfig | None = None, device: str = "auto", progress: bool = False,
+                   label: str = "") -> BaseEstimator:
+    """A fresh, unfitted estimator for a method name; ``config`` sets a network's training settings
+    (default: the method's recipe, :func:`~digit_recognizer.config.method_config`)."""
+    if check_method(name).network:  # also refuses an unknown name, listing the known ones
+        return NetClassifier(name, config, device, progress, label)
+    return CLASSIC_ESTIMATORS[name]()
 
 
 def estimator_proba(estimator: BaseEstimator, X: np.ndarray) -> np.ndarray:
     """Class probabilities ``(n, 10)``; a method without probabilities (SVC) gives one-hot votes."""
     if hasattr(estimator, "predict_proba"):  # False for a pipeline ending in SVC(probability=False)
         return np.asarray(estimator.predict_proba(X), dtype=np.float32)
-    onehot = np.zeros((len(X), 10), dtype=np.float32)
+    onehot = np.zeros((len(X), N_CLASSES), dtype=np.float32)
     onehot[np.arange(len(X)), estimator.predict(X)] = 1.0
     return onehot
 
 
-def save_model(estimator: BaseEstimator, run_dir: str | Path, method: str) -> None:
-    """Save a fitted estimator of any method into ``run_dir``."""
-    run_dir = Path(run_dir)
+def save_estimator(estimator: BaseEstimator, path: str | Path) -> None:
+    """Write a fitted model's file: a network's weights (safetensors) or a pipeline (skops), atomically."""
     if isinstance(estimator, NetClassifier):
-        cfg = estimator.config or TrainConfig()
-        save_network(estimator.network_, run_dir,
-                     {"method": method, "arch": cfg.arch, "arch_options": cfg.arch_options(), "train": cfg.to_dict()})
+        from .models import save_weights
+
+        save_weights(estimator.network_, path)
         return
     import skops.io
 
-    with atomic_path(run_dir / SKOPS_FILE) as tmp:
+    with atomic_path(path) as tmp:
         skops.io.dump(estimator, tmp)
-    write_json({"method": method, "description": METHODS[method][0]}, run_dir / CONFIG_FILE)
 
 
-def load_model(run_dir: str | Path, device: str = "auto", tta: bool = False) -> BaseEstimator:
-    """Load what :func:`save_model` (or an ensemble run) wrote; the result has ``predict`` and ``predict_proba``.
+def load_estimator(method: str, cfg: TrainConfig, path: str | Path, device: str = "cpu",
+                   tta: bool = False) -> BaseEstimator:
+    """Load what :func:`save_estimator` wrote for ``method``; raises ValueError naming the file and the fault."""
+    path = Path(path)
+    if check_method(method).network:
+        from .models import build_network, load_weights
+        from .train import resolve_device
 
-    ``tta`` averages a network's probabilities over shifted copies of each image; classic methods refuse it.
-    """
-    run_dir = Path(run_dir)
-    if is_ensemble(run_dir):
-        return EnsembleModel(run_dir, device=device, tta=tta)
-    if (run_dir / WEIGHTS_FILE).is_file() or not (run_dir / SKOPS_FILE).is_file():
-        network, config = load_network(run_dir)
-        wrapper = NetClassifier(TrainConfig(**_tuples(config.get("train", {}))), tta=tta)
-        wrapper.network_ = network.to(resolve_device(device))
-        wrapper.classes_ = np.arange(10)
+        wrapper = NetClassifier(method, cfg, device=device, tta=tta)
+        wrapper.network_ = load_weights(build_network(method, cfg), path).to(resolve_device(device))
+        wrapper.classes_ = np.arange(N_CLASSES)
         return wrapper
     if tta:
         raise ValueError("test-time augmentation applies to networks, not to scikit-learn models")
+    return _load_skops(path)
+
+
+def trusted_types() -> set[str]:
+    """Every type a saved classic method may contain: its estimators, plain containers, NumPy arrays of numbers,
+    and this module's pixel scaling. Nothing callable beyond those."""
+    classes = [Pipeline, FunctionTransformer, LogisticRegression, PCA, KNeighborsClassifier, SVC,
+               RandomForestClassifier, DecisionTreeClassifier, Tree]
+    names = {f"{c.__module__}.{c.__qualname__}" for c in classes}
+    names |= {f"builtins.{t}" for t in ("dict", "list", "tuple", "str", "int", "float", "bool", "NoneType")}
+    names |= {f"numpy.{t}" for t in ("ndarray", "float64", "float32", "int64", "int32", "intp", "uint8")}
+    return names | {f"{__name__}._scale"}
+
+
+# The kinds of node skops writes for the types above; others (methods, reduce calls, operators) are refused.
+_TRUSTED_NODES = {"DictNode", "ListNode", "TupleNode", "JsonNode", "TypeNode", "NdArrayNode", "ObjectNode",
+                  "FunctionNode", "TreeNode"}
+
+
+def _load_skops(path: Path) -> BaseEstimator:
     import skops.io
 
-    untrusted = skops.io.get_untrusted_types(file=run_dir / SKOPS_FILE)
-    ours = f"{__name__}._scale"
-    unexpected = [t for t in untrusted if not (t.startswith(("sklearn.", "numpy.")) or t == ours)]
-    if unexpected:
-        raise ValueError(f"{run_dir / SKOPS_FILE}: refusing to load unexpected types {unexpected}")
-    return skops.io.load(run_dir / SKOPS_FILE, trusted=untrusted)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            schema = json.loads(archive.read("schema.json"))
+        found = _schema_types(schema)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, RecursionError) as err:
+        raise ValueError(f"{path}: not a readable skops file ({err})") from None
+    trusted = trusted_types()
+    refused = sorted({name for name, node in found
+                      if name not in trusted or node not in _TRUSTED_NODES
+                      or (node == "FunctionNode" and name != f"{__name__}._scale")})
+    if refused:
+        raise ValueError(f"{path}: refusing to load types this project never saves: {', '.join(refused[:5])}")
+    try:
+        estimator = skops.io.load(path, trusted=sorted({name for name, _ in found}))
+    except Exception as err:  # skops raises many kinds on a damaged file; none may escape as a traceback
+        raise ValueError(f"{path}: cannot load ({type(err).__name__}: {str(err)[:200]})") from None
+    _check_fitted_for_digits(estimator, path)
+    return estimator
 
 
-def _tuples(values: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+def _schema_types(node: object) -> set[tuple[str, str]]:
+    """``(module.class, node kind)`` of every object a skops schema describes."""
+    found: set[tuple[str, str]] = set()
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "__class__" in item:
+                found.add((f"{item.get('__module__')}.{item['__class__']}", str(item.get("__loader__"))))
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
 
+
+def _check_fitted_for_digits(estimator: BaseEstimator, path: Path) -> None:
+    """A model of the right types can still be fitted to other data: it must take 784 pixels, know the ten
+    digits, and answer a blank image."""
+    features = getattr(estimator, "n_features_in_", None)
+    if features != N_PIXELS:
+        raise ValueError(f"{path}: the model takes {features} features, not the {N_PIXELS} pixels of a digit")
+    if not np.array_equal(getattr(estimator, "classes_", None), np.arange(N_CLASSES)):
+        raise ValueError(f"{path}: the model's classes are not the digits 0-9")
+    try:
+        proba = estimator_proba(estimator, np.zeros((1, N_PIXELS), dtype=np.uint8))
+    except Exception as err:  # whatever a damaged model raises, it is the file's fault
+        raise ValueError(f"{path}: the model fails on a blank image ({type(err).__name__}: {err})") from None
+    if proba.shape != (1, N_CLASSES):
+        raise ValueError(f"{path}: the model answers {proba.shape[1]} classes, not {N_CLASSES}")
+
+
+class EnsembleModel:
+    """Fitted models predicting together by the mean of their probabilities."""
+
+    def __init__(self, members: list[BaseEstimator]) -> None:
+        self.members = members
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return np.mean([estimator_proba(member, X) for member in self.members], axis=0)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.predict_proba(X).argmax(1)

@@ -1,25 +1,24 @@
-"""Network architectures, and the one way to save and load a trained network.
+"""Network architectures, built by method name from a :class:`~digit_recognizer.config.TrainConfig`, and their
+weights files.
 
-Networks take a float batch ``(n, 1, 28, 28)`` scaled to [0, 1] and return ``(n, 10)`` logits.
-Weights are saved with safetensors, which cannot execute code on load, and the architecture's
-settings travel beside them as JSON.
+Networks take a float batch ``(n, 1, 28, 28)`` scaled to [0, 1] and return ``(n, 10)`` logits. Weights are
+saved with safetensors, which cannot execute code on load; the settings that rebuild the network travel beside
+them in the run directory (:mod:`digit_recognizer.rundir`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .config import TrainConfig, method_config
 from .data import SIDE
-from .files import atomic_path, write_json
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
+from .files import atomic_path
 
 
 def to_input(pixels: torch.Tensor) -> torch.Tensor:
@@ -111,34 +110,51 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"seed": SeedCNN, "fast": FastCNN, "mlp": MLP}
+ARCHITECTURES: dict[str, type[nn.Module]] = {"cnn": SeedCNN, "fast": FastCNN, "mlp": MLP}
+# The TrainConfig settings each architecture is built from (the others do not apply to it).
+NETWORK_OPTIONS: dict[str, tuple[str, ...]] = {"cnn": ("filters", "kernels", "dense", "dropout"),
+                                               "fast": ("filters", "dense"), "mlp": ()}
 
 
-def build_network(arch: str, **options) -> nn.Module:
-    """Instantiate a registered architecture by name, e.g. ``build_network("seed", dense=128)``."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture '{arch}'; known: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[arch](**options)
+def network_options(method: str, cfg: TrainConfig) -> dict:
+    """The settings of ``cfg`` that shape the network of ``method``, as plain values."""
+    return {name: getattr(cfg, name) for name in NETWORK_OPTIONS[method]}
 
 
-def save_network(network: nn.Module, run_dir: str | Path, config: dict) -> None:
-    """Write ``model.safetensors`` and ``config.json`` (which must hold ``arch`` and its options)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def build_network(method: str, cfg: TrainConfig | None = None) -> nn.Module:
+    """The network of a method (``cnn``, ``fast`` or ``mlp``) shaped by ``cfg`` (default: the method's recipe)."""
+    if method not in ARCHITECTURES:
+        raise ValueError(f"unknown network '{method}'; known: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[method](**network_options(method, cfg or method_config(method)))
+
+
+def save_weights(network: nn.Module, path: str | Path) -> None:
+    """Write the network's weights as safetensors, atomically."""
     # safetensors refuses tensors that share storage or are not contiguous, so copy to plain tensors.
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in network.state_dict().items()}
-    with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp))
-    write_json(config, run_dir / CONFIG_FILE)
 
 
-def load_network(run_dir: str | Path) -> tuple[nn.Module, dict]:
-    """Load a network saved by :func:`save_network`; returns it in eval mode on the CPU, with its config."""
-    run_dir = Path(run_dir)
-    for name in (WEIGHTS_FILE, CONFIG_FILE):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir}: no {name}; is this a run directory made by 'train' or 'run'?")
-    config = json.loads((run_dir / CONFIG_FILE).read_text())
-    network = build_network(config["arch"], **config.get("arch_options", {}))
-    network.load_state_dict(load_file(str(run_dir / WEIGHTS_FILE)))
-    return network.eval(), config
+def load_weights(network: nn.Module, path: str | Path) -> nn.Module:
+    """Load safetensors weights into ``network`` (every tensor present, of the right shape); returns it in eval mode.
+
+    Raises ValueError naming the file and the fault: not safetensors, truncated, or for another network.
+    """
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: the weights do not fit the network described by config.json "
+                         f"({_first_line(err)})") from None
+    return network.eval()
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):  # torch's "Error(s) in loading state_dict for X:" heading
+        lines = lines[1:]
+    return lines[0][:200] if lines else type(err).__name__

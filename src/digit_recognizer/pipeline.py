@@ -1,118 +1,199 @@
-"""The end-to-end job: split, train, report and (optionally) write a submission, into one run directory.
+"""The end-to-end jobs: a single run, an ensemble, a comparison, each into one run directory.
 
-A run directory holds:
+Each plans its training jobs (:mod:`digit_recognizer.jobs`), starts or resumes the run directory
+(:mod:`digit_recognizer.rundir`), runs the unfinished jobs here or on a cluster, and then reports from the
+jobs' records: metrics, figures, and a submission when a test set is given.
 
-- ``model.safetensors`` (a network) or ``model.skops`` (a scikit-learn pipeline), and ``config.json``;
-- for networks, ``history.csv`` (epoch, loss, accuracy, val_loss, val_accuracy, lr, timing) and ``curves.png``;
-- ``confusion_matrix.png`` and ``errors.png`` on the validation split;
-- ``metrics.json``: val_accuracy, val_loss, epochs, train_seconds, device and throughput;
-- ``submission.csv``: when a test set was given.
+- A single run trains on a stratified split and reports its validation accuracy (the split steers the
+  learning-rate schedule, as in the seed kernel).
+- An ensemble trains ``members`` networks (on each of ``folds`` folds) and reports each member's and the
+  average's accuracy on rows none of them trained on: out of fold on every row with K folds.
+- A comparison fits each method on the same split (or the same folds) and tabulates accuracy and time.
 """
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
+import numpy as np
 import pandas as pd
 
-from .config import TrainConfig, default_config
-from .data import Digits, split
-from .ensemble import train_ensemble
+from .config import TrainConfig, check_method, method_config
+from .data import Digits
 from .evaluate import accuracy, confident_errors, log_loss
-from .files import atomic_path, write_json
-from .methods import NetClassifier, estimator_proba, load_model, make_estimator, save_model
-from .plots import plot_confusion, plot_curves, plot_errors
-from .predict import write_submission
-from .train import resolve_device
-
-SUBMISSION_FILE = "submission.csv"
+from .jobs import Executor, InProcess, compare_jobs, ensemble_jobs, run_jobs, single_job
+from .plots import plot_comparison, plot_confusion, plot_curves, plot_errors
+from .rundir import (
+    COMPARISON_FIGURE,
+    COMPARISON_TABLE,
+    CONFUSION_FILE,
+    CURVES_FILE,
+    ERRORS_FILE,
+    JobRecord,
+    RunDir,
+    digest,
+    load_model,
+    manifest,
+)
 
 
 def train_run(
-    digits: Digits, out: str | Path, method: str = "cnn", cfg: TrainConfig | None = None, progress: bool = True,
-    members: int = 1, folds: int = 1,
+    digits: Digits, out: str, method: str = "cnn", cfg: TrainConfig | None = None, progress: bool = True,
+    members: int = 1, folds: int = 1, overwrite: bool = False, executor: Executor | None = None,
 ) -> dict:
-    """Train ``method`` on a stratified split of ``digits``; write the model, figures and metrics to ``out``.
+    """Train ``method`` into the run directory ``out`` and report; returns the metrics (also ``metrics.json``).
 
-    ``cfg`` is the training config of a network method (default: the method's own); for a classic method only
-    its ``val_fraction`` and ``seed`` (the split) are used. ``members`` > 1 or ``folds`` > 1 train an ensemble
-    instead (:func:`ensemble_run`). Returns the metrics, also in ``out/metrics.json``.
+    ``cfg`` is the method's training config (default: its recipe; a classic method uses only the split
+    settings). ``members`` > 1 or ``folds`` > 1 train an ensemble of networks. ``executor`` runs the jobs
+    (default: one after another in this process, on ``cfg.device``).
     """
-    if members != 1 or folds != 1:
-        return ensemble_run(digits, out, method, cfg, members, folds, progress)
-    out = Path(out)
-    cfg = cfg or default_config(method) or TrainConfig()
+    cfg = cfg or method_config(method)
     cfg.validate()
-    train, val = split(digits, cfg.val_fraction, cfg.seed)
-    estimator = make_estimator(method, cfg, progress=progress)
-    started = time.perf_counter()
-    if isinstance(estimator, NetClassifier):
-        # As in the seed kernel, the validation split drives the learning-rate schedule and is reported.
-        estimator.fit(train.images, train.labels, val.images, val.labels)
-    else:
-        estimator.fit(train.images, train.labels)
-    train_seconds = time.perf_counter() - started
-    save_model(estimator, out, method)
-
-    proba = estimator_proba(estimator, val.images)
-    plot_confusion(val.labels, proba.argmax(1), out / "confusion_matrix.png",
-                   f"{method}: validation set ({len(val):,} images), accuracy {accuracy(proba, val.labels):.4f}")
-    plot_errors(val.images, val.labels, proba, confident_errors(proba, val.labels), out / "errors.png")
-    metrics = {
-        "model": method,
-        "val_accuracy": accuracy(proba, val.labels),
-        "val_loss": log_loss(proba, val.labels),
-        "train_seconds": round(train_seconds, 2),
-        "device": "cpu",
-        "n_train": len(train),
-        "n_val": len(val),
-    }
-    if isinstance(estimator, NetClassifier):
-        history = estimator.history_
-        with atomic_path(out / "history.csv") as tmp:
-            pd.DataFrame(history).to_csv(tmp, index=False)
-        plot_curves(history, out / "curves.png")
-        epoch_seconds = sum(row["seconds"] for row in history)
-        metrics.update({
-            "epochs": len(history),
-            "seconds_per_epoch": round(epoch_seconds / len(history), 2),
-            "train_images_per_second": round(len(train) * len(history) / epoch_seconds, 1),
-            "device": str(resolve_device(cfg.device)),
-            "arch": cfg.arch,
-        })
-    write_json(metrics, out / "metrics.json")
-    return metrics
-
-
-def ensemble_run(
-    digits: Digits, out: str | Path, method: str = "cnn", cfg: TrainConfig | None = None, members: int = 3,
-    folds: int = 1, progress: bool = True,
-) -> dict:
-    """Train an ensemble of a network method (see :mod:`digit_recognizer.ensemble`) and write its figures:
-    the confusion matrix of the ensemble with test-time augmentation on the held-out rows, and the digits it
-    still gets wrong there."""
-    out = Path(out)
-    cfg = cfg or default_config(method)
-    if cfg is None:
+    ensemble = members != 1 or folds != 1
+    if ensemble and not check_method(method).network:
         raise ValueError(f"ensembles are made of networks; '{method}' is not one")
-    metrics, proba, scored = train_ensemble(cfg, digits, out, members=members, folds=folds, progress=progress)
-    labels, proba = digits.labels[scored], proba[scored]
-    ensemble = f"ensemble of {members} + TTA"
-    plot_confusion(labels, proba.argmax(1), out / "confusion_matrix.png",
-                   f"{ensemble}, {metrics['estimate']} ({len(labels):,} images): "
-                   f"accuracy {accuracy(proba, labels):.4f}")
-    plot_errors(digits.images[scored], labels, proba, confident_errors(proba, labels, k=18), out / "errors.png",
-                title=f"Digits the {ensemble} still gets wrong")
+    if ensemble:
+        jobs = ensemble_jobs(method, cfg, digits.labels, members, folds)
+    else:
+        jobs = [single_job(method, cfg, digits.labels)]
+    executor = executor or InProcess(cfg.device)
+    run_dir = RunDir(out)
+    run_dir.start(manifest("ensemble" if ensemble else "single", [job.name for job in jobs if job.name],
+                           method=method, train=cfg, members=members, folds=folds, data=digest(digits)), overwrite)
+    records = run_jobs(jobs, digits, run_dir, executor, progress=progress)
+    if ensemble:
+        metrics = _report_ensemble(run_dir, digits, list(records.values()), members, folds)
+    else:
+        metrics = _report_single(run_dir, digits, records[""], method)
+    metrics["execution"] = {**executor.describe(), "jobs": [
+        {key: record.summary[key] for key in ("name", "where", "device", "seconds")} for record in records.values()]}
+    run_dir.write_metrics(metrics)
     return metrics
 
 
 def run(
-    train: Digits, test: Digits, out: str | Path, method: str = "cnn", cfg: TrainConfig | None = None,
-    progress: bool = True, members: int = 1, folds: int = 1, tta: bool = False,
+    train: Digits, test: Digits, out: str, method: str = "cnn", cfg: TrainConfig | None = None,
+    progress: bool = True, members: int = 1, folds: int = 1, tta: bool = False, overwrite: bool = False,
+    executor: Executor | None = None,
 ) -> dict:
-    """:func:`train_run`, then predict ``test`` with the saved model(s) and write ``out/submission.csv``."""
-    metrics = train_run(train, out, method, cfg, progress, members, folds)
-    model = load_model(out, device=cfg.device if cfg else "auto", tta=tta)
-    write_submission(estimator_proba(model, test.images).argmax(1), Path(out) / SUBMISSION_FILE)
+    """:func:`train_run`, then predict ``test`` with the run's model(s) and write ``out/submission.csv``."""
+    metrics = train_run(train, out, method, cfg, progress, members, folds, overwrite, executor)
+    device = (cfg or method_config(method)).device
+    model = load_model(out, device=device, tta=tta)
+    from .methods import estimator_proba
+
+    RunDir(out).write_submission(estimator_proba(model, test.images).argmax(1))
     return metrics
+
+
+def _report_single(run_dir: RunDir, digits: Digits, record: JobRecord, method: str) -> dict:
+    labels, proba = digits.labels[record.scored_rows], record.proba
+    run_dir.write_figure(plot_confusion(labels, proba.argmax(1), f"{method}: validation set ({len(labels):,} images), "
+                                        f"accuracy {accuracy(proba, labels):.4f}"), CONFUSION_FILE)
+    run_dir.write_figure(plot_errors(digits.images[record.scored_rows], labels, proba,
+                                     confident_errors(proba, labels)), ERRORS_FILE)
+    metrics = {
+        "model": method,
+        "val_accuracy": accuracy(proba, labels),
+        "val_loss": log_loss(proba, labels),
+        "train_seconds": record.summary["seconds"],
+        "device": record.summary["device"],
+        "n_train": record.summary["train_rows"],
+        "n_val": len(labels),
+    }
+    if record.history:
+        history = record.history
+        run_dir.write_figure(plot_curves(history), CURVES_FILE)
+        epoch_seconds = sum(row["seconds"] for row in history)
+        metrics.update({
+            "epochs": len(history),
+            "seconds_per_epoch": round(epoch_seconds / len(history), 2),
+            "train_images_per_second": round(float(np.mean([row["images_per_second"] for row in history])), 1),
+        })
+    return metrics
+
+
+def _report_ensemble(run_dir: RunDir, digits: Digits, records: list[JobRecord], members: int, folds: int) -> dict:
+    """Each member's held-out accuracy (over its folds), the average's, with and without test-time augmentation;
+    the confusion matrix and the digits the average still gets wrong."""
+    n = len(digits)
+    proba = np.zeros((members, n, 10), dtype=np.float32)
+    proba_tta = np.zeros_like(proba)
+    held_out = np.zeros(n, dtype=bool)
+    seconds = np.zeros(members)
+    for i, record in enumerate(records):  # planned member by member, fold by fold
+        m = i // folds
+        proba[m, record.scored_rows] = record.proba
+        proba_tta[m, record.scored_rows] = record.proba_tta
+        held_out[record.scored_rows] = True
+        seconds[m] += record.summary["seconds"]
+    y = digits.labels[held_out]
+    table = [{"model": f"member {m}", "accuracy": accuracy(proba[m, held_out], y),
+              "accuracy_tta": accuracy(proba_tta[m, held_out], y), "train_seconds": round(seconds[m], 1)}
+             for m in range(members)]
+    mean, mean_tta = proba.mean(0)[held_out], proba_tta.mean(0)[held_out]
+    table.append({"model": f"ensemble of {members}", "accuracy": accuracy(mean, y),
+                  "accuracy_tta": accuracy(mean_tta, y), "train_seconds": round(seconds.sum(), 1)})
+    estimate = "out-of-fold" if folds > 1 else "validation split"
+    title = f"ensemble of {members} + TTA"
+    run_dir.write_figure(plot_confusion(y, mean_tta.argmax(1), f"{title}, {estimate} ({len(y):,} images): "
+                                        f"accuracy {accuracy(mean_tta, y):.4f}"), CONFUSION_FILE)
+    run_dir.write_figure(plot_errors(digits.images[held_out], y, mean_tta, confident_errors(mean_tta, y, k=18),
+                                     title=f"Digits the {title} still gets wrong"), ERRORS_FILE)
+    return {
+        "estimate": estimate, "rows_scored": int(held_out.sum()), "members": members, "folds": folds,
+        "single_model_accuracy": float(np.mean([row["accuracy"] for row in table[:-1]])),
+        "ensemble_accuracy": table[-1]["accuracy"], "ensemble_accuracy_tta": table[-1]["accuracy_tta"],
+        "ensemble_loss": log_loss(mean, y), "train_seconds": round(seconds.sum(), 1), "table": table,
+    }
+
+
+def compare(
+    train: Digits, out: str, models: list[str] | None = None, test: Digits | None = None, folds: int = 1,
+    val_fraction: float = 0.1, seed: int = 2, progress: bool = True, overwrite: bool = False,
+    executor: Executor | None = None,
+) -> pd.DataFrame:
+    """Fit each method on the same split(s) of ``train``, score it on the held-out part, write ``comparison.csv``,
+    ``comparison.png`` and, with a test set, ``submissions/<model>.csv`` (the folds' mean probabilities)."""
+    from .config import METHODS
+
+    models = models or list(METHODS)
+    jobs = compare_jobs(models, train.labels, folds, val_fraction, seed, predict_test=test is not None)
+    run_dir = RunDir(out)
+    run_dir.start(manifest("compare", [job.name for job in jobs], models=models, folds=folds,
+                           val_fraction=val_fraction, seed=seed, data=digest(train),
+                           test_data=digest(test) if test is not None else None), overwrite)
+    records = run_jobs(jobs, train, run_dir, executor or InProcess("auto"), test=test, progress=progress)
+    rows = []
+    for method in models:
+        mine = [records[job.name] for job in jobs if job.method == method]
+        scores = [record.summary["accuracy"] for record in mine]
+        rows.append({
+            "model": method,
+            "accuracy": float(np.mean(scores)),
+            "accuracy_std": float(np.std(scores)),
+            "fit_seconds": round(float(np.mean([r.summary["seconds"] for r in mine])), 2),
+            "predict_seconds": round(float(np.mean([r.summary["predict_seconds"] for r in mine])), 3),
+            "n_train": mine[0].summary["train_rows"],
+            "n_val": mine[0].summary["scored_rows"],
+            "folds": len(mine),
+            "settings": describe(method, next(job.config for job in jobs if job.method == method)),
+        })
+        if test is not None:
+            run_dir.write_submission(np.mean([r.test_proba for r in mine], axis=0).argmax(1), method)
+    table = pd.DataFrame(rows)
+    run_dir.write_table(table, COMPARISON_TABLE)
+    run_dir.write_figure(plot_comparison(table), COMPARISON_FIGURE)
+    return table
+
+
+def describe(method: str, cfg: TrainConfig) -> str:
+    """The settings that define a method, short enough for a table cell."""
+    if check_method(method).network:
+        return (f"{method} network, {cfg.epochs} epochs, {cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch_size}, "
+                f"augment {'on' if cfg.augment else 'off'}")
+    from sklearn.preprocessing import FunctionTransformer
+
+    from .methods import make_estimator
+
+    estimator = make_estimator(method)
+    steps = [step for _, step in getattr(estimator, "steps", [(None, estimator)])]
+    return " -> ".join(repr(step) for step in steps if not isinstance(step, FunctionTransformer))

@@ -1,8 +1,9 @@
-"""The figures of a run: learning curves, confusion matrix, and the most confident mistakes."""
+"""The figures of a run: learning curves, confusion matrix, the most confident mistakes, a comparison.
+
+Each function returns a matplotlib Figure; the run directory (:mod:`digit_recognizer.rundir`) saves it.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import matplotlib
 
@@ -11,46 +12,50 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from .data import SIDE
-from .files import atomic_path
 
 
-def _save(fig: plt.Figure, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+def plot_curves(history: list[dict]) -> Figure:
+    """Loss (log scale) and accuracy of the training and validation sets per epoch, as in the seed kernel.
 
-
-def plot_curves(history: list[dict], path: str | Path) -> None:
-    """Loss and accuracy of the training and validation sets per epoch, as in the seed kernel."""
+    The accuracy axis leaves out the first epoch's low values when there are later ones, so that the last
+    tenths of a percent, where runs differ, stay readable.
+    """
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
-    for ax, key, title in ((ax_loss, "loss", "Loss"), (ax_acc, "accuracy", "Accuracy")):
+    for ax, key, title in ((ax_loss, "loss", "Loss (log scale)"), (ax_acc, "accuracy", "Accuracy")):
         ax.plot(epochs, [row[key] for row in history], "b-", marker=".", label=f"Training {key}")
         ax.plot(epochs, [row[f"val_{key}"] for row in history], "r-", marker=".", label=f"Validation {key}")
         ax.set_ylabel(title)
         ax.grid(alpha=0.3)
         ax.legend(loc="best")
+    ax_loss.set_yscale("log")
+    later = [row[k] for row in history[1:] for k in ("accuracy", "val_accuracy")] or \
+        [row[k] for row in history for k in ("accuracy", "val_accuracy")]
+    low, high = min(later), max(later)
+    margin = max(0.1 * (high - low), 0.002)
+    ax_acc.set_ylim(max(0.0, low - margin), min(1.0, high + margin))
     ax_acc.set_xlabel("Epoch")
     fig.suptitle("Training and validation curves")
-    _save(fig, path)
+    return fig
 
 
-def plot_confusion(labels: np.ndarray, predicted: np.ndarray, path: str | Path, title: str) -> None:
+def plot_confusion(labels: np.ndarray, predicted: np.ndarray, title: str) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 6))
     ConfusionMatrixDisplay.from_predictions(
         labels, predicted, labels=list(range(10)), ax=ax, cmap="Blues", colorbar=False
     )
     ax.set_title(title)
-    _save(fig, path)
+    return fig
 
 
 def plot_errors(
-    images: np.ndarray, labels: np.ndarray, proba: np.ndarray, indices: np.ndarray, path: str | Path,
+    images: np.ndarray, labels: np.ndarray, proba: np.ndarray, indices: np.ndarray,
     title: str = "Most confident mistakes on the validation set",
-) -> None:
+) -> Figure:
     """A grid of the given images, each titled with its true and predicted label and the confidence."""
     cols = 6
     rows = max(1, -(-len(indices) // cols))
@@ -64,10 +69,10 @@ def plot_errors(
     if len(indices) == 0:
         axes.flat[0].text(0.5, 0.5, "no errors", ha="center", va="center", fontsize=14)
     fig.suptitle(title)
-    _save(fig, path)
+    return fig
 
 
-def plot_comparison(table: pd.DataFrame, path: str | Path) -> None:
+def plot_comparison(table: pd.DataFrame) -> Figure:
     """Accuracy and time per method, side by side, best accuracy on top."""
     table = table.sort_values("accuracy")
     names = table["model"].tolist()
@@ -89,4 +94,4 @@ def plot_comparison(table: pd.DataFrame, path: str | Path) -> None:
     ax_time.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
     for ax in (ax_acc, ax_time):
         ax.grid(axis="x", alpha=0.3)
-    _save(fig, path)
+    return fig

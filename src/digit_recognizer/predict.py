@@ -19,7 +19,8 @@ class TorchPredictor:
 
     def __init__(self, run_dir: str | Path) -> None:
         # Imported here, not at module level, so that serving an ONNX file never loads torch.
-        from .methods import estimator_proba, load_model
+        from .methods import estimator_proba
+        from .rundir import load_model
 
         self.model = load_model(run_dir, device="cpu")
         self.proba = estimator_proba
@@ -35,11 +36,28 @@ class OnnxPredictor:
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path) -> None:
+        """Open and check the file: one input of 1x28x28 images, one output of 10 scores per image, and an
+        answer for a blank image. Raises ValueError naming the file and the fault."""
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
+        if not Path(path).is_file():
+            raise ValueError(f"{path}: file not found")
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as err:  # ONNX Runtime raises several kinds for a damaged or foreign file
+            raise ValueError(f"{path}: not a usable ONNX model ({_first_line(err)})") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or list(inputs[0].shape[1:]) != [1, 28, 28] or len(outputs) != 1:
+            raise ValueError(f"{path}: expected one input of shape (n, 1, 28, 28) and one output, got inputs "
+                             f"{[i.shape for i in inputs]} and {len(outputs)} outputs")
+        self.input = inputs[0].name
         self.name = str(path)
+        try:
+            answer = self(np.zeros((1, 784), dtype=np.uint8))
+        except Exception as err:
+            raise ValueError(f"{path}: the model fails on a blank image ({_first_line(err)})") from None
+        if answer.shape != (1, 10):
+            raise ValueError(f"{path}: the model answers shape {answer.shape[1:]}, not 10 scores per image")
 
     def __call__(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         # Batches small enough for the activations to stay in cache: 28,000 images in one call are
@@ -52,18 +70,33 @@ class OnnxPredictor:
 
 
 def export_onnx(run_dir: str | Path, path: str | Path) -> None:
-    """Write the network of a run directory as ONNX (input ``pixels``: float (n, 1, 28, 28) in [0, 1])."""
+    """Write the network of a run directory as ONNX (input ``pixels``: float (n, 1, 28, 28) in [0, 1]).
+
+    Only a single network exports; an ensemble or a scikit-learn model raises ValueError saying so.
+    """
     import torch
 
-    from .models import load_network
+    from .methods import EnsembleModel, NetClassifier
+    from .rundir import load_model
 
-    network, _ = load_network(run_dir)
+    model = load_model(run_dir, device="cpu")
+    if isinstance(model, EnsembleModel):
+        raise ValueError(f"{run_dir}: an ensemble of {len(model.members)} models; export takes a single network "
+                         f"(one member's folder under {Path(run_dir) / 'jobs'} exports)")
+    if not isinstance(model, NetClassifier):
+        raise ValueError(f"{run_dir}: a scikit-learn model; export takes a single network (cnn, fast or mlp)")
+    network = model.network_
     example = torch.rand(2, 1, 28, 28)
     with atomic_path(path) as tmp:
         torch.onnx.export(
             network, (example,), str(tmp), input_names=["pixels"], output_names=["logits"],
             dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
         )
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(err).__name__
 
 
 def write_submission(labels: np.ndarray, path: str | Path) -> None:

@@ -1,9 +1,17 @@
 """The training loop: one network, one optimiser, augmentation on the training device, a row of history
-per epoch. What to train and how comes from :class:`~digit_recognizer.config.TrainConfig`."""
+per epoch. What to train and how comes from a method name and its :class:`~digit_recognizer.config.TrainConfig`.
+
+The loop can be resumed: given a :class:`Checkpoint`, it saves everything that decides the next epoch (weights,
+optimiser, schedule, random states, history) after each epoch, and a later call with the same settings
+continues from the last finished epoch to the same result.
+"""
 
 from __future__ import annotations
 
+import math
+import sys
 import time
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -14,6 +22,7 @@ from tqdm.auto import tqdm
 from .augment import random_affine
 from .config import TrainConfig
 from .data import Digits
+from .errors import TrainingDiverged
 from .evaluate import log_loss, predict_proba
 from .models import build_network, to_input
 
@@ -24,31 +33,47 @@ OPTIMIZERS = {
     "adamw": lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
     "sgd": lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd),
 }
+CHANCE = 0.2  # a final validation accuracy at or below this is reported as a failed training
+
+
+class Checkpoint(Protocol):
+    """Where the loop keeps its state between epochs (the run directory provides one)."""
+
+    def load(self) -> dict | None: ...
+
+    def save(self, state: dict) -> None: ...
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else the CPU; refuses a CUDA device that is not there."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available")
+        raise ValueError(f"device '{name}' was asked for but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device '{name}' was asked for but there are {torch.cuda.device_count()} CUDA devices")
     return device
 
 
-def fit(
-    cfg: TrainConfig, train: Digits, val: Digits, progress: bool = True
-) -> tuple[nn.Module, list[dict]]:
-    """Train a network on ``train``, evaluating on ``val`` after each epoch.
+def show_bars() -> bool:
+    """Progress bars only on a terminal: redirected to a file they would fill it with control codes."""
+    return sys.stderr.isatty()
 
-    Returns the network (in eval mode, on the training device) and one history row per epoch.
+
+def fit(
+    method: str, cfg: TrainConfig, train: Digits, val: Digits, device: torch.device,
+    progress: bool = True, label: str = "", checkpoint: Checkpoint | None = None,
+) -> tuple[nn.Module, list[dict]]:
+    """Train the network of ``method`` on ``train``, evaluating on ``val`` after each epoch.
+
+    Returns the network (in eval mode, on ``device``) and one history row per epoch. With ``progress`` one
+    line per epoch goes to stderr (prefixed by ``label``), with bars on a terminal. Raises
+    :class:`TrainingDiverged` at the first non-finite loss.
     """
-    cfg.validate()
-    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-
-    network = build_network(cfg.arch, **cfg.arch_options())
-    network = network.to(device, memory_format=torch.channels_last)
+    network = build_network(method, cfg).to(device, memory_format=torch.channels_last)
     optimizer = OPTIMIZERS[cfg.optimizer](network.parameters(), cfg.lr, cfg.weight_decay)
     # The whole training set lives on the device as uint8; batches are cut from it by index.
     x_all = torch.from_numpy(train.images).to(device)
@@ -56,17 +81,32 @@ def fit(
     n = len(x_all)
     n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
     if cfg.schedule == "onecycle":
-        per_batch = torch.optim.lr_scheduler.OneCycleLR(
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * n_batches, pct_start=0.25
         )
     else:
-        per_epoch = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
         )
     use_amp = device.type == "cuda"
 
     history: list[dict] = []
-    epochs = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="epoch", disable=not progress)
+    saved = checkpoint.load() if checkpoint else None
+    if saved:
+        network.load_state_dict(saved["network"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in saved:
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
+        history = saved["history"]
+        if progress:
+            print(f"{label}resuming after epoch {len(history)}/{cfg.epochs}", file=sys.stderr)
+
+    bars = progress and show_bars()
+    epochs = tqdm(range(len(history) + 1, cfg.epochs + 1), desc=f"{label}epochs", unit="epoch", disable=not bars,
+                  file=sys.stderr)
     for epoch in epochs:
         network.train()
         started = time.perf_counter()
@@ -74,12 +114,13 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        batches = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
+        batches = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not bars,
+                       file=sys.stderr)
         for b in batches:
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             if len(idx) < 2:  # BatchNorm cannot normalise a single image
                 if cfg.schedule == "onecycle":
-                    per_batch.step()
+                    scheduler.step()
                 continue
             x, y = to_input(x_all[idx]), y_all[idx]
             if cfg.augment:
@@ -92,15 +133,18 @@ def fit(
             loss.backward()
             optimizer.step()
             if cfg.schedule == "onecycle":
-                per_batch.step()
+                scheduler.step()
 
             loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(1) == y).sum()
             seen += len(idx)
-            if progress and b % 20 == 0:  # reading the values syncs the device, so not every batch
-                batches.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
+            if b % 20 == 0:  # reading the values syncs the device, so not every batch
+                _check_finite(loss_sum.item(), epoch, b + 1, label)
+                if bars:
+                    batches.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
 
         seconds = time.perf_counter() - started
+        _check_finite(loss_sum.item(), epoch, n_batches, label)
         proba = predict_proba(network, val.images, device=device)
         row = {
             "epoch": epoch,
@@ -114,12 +158,26 @@ def fit(
         }
         history.append(row)
         if cfg.schedule == "plateau":
-            per_epoch.step(row["val_accuracy"])
-        if progress:
+            scheduler.step(row["val_accuracy"])
+        if bars:
             epochs.set_postfix(val_acc=f"{row['val_accuracy']:.4f}")
-            tqdm.write(format_epoch(row, cfg.epochs))
+        if progress:
+            tqdm.write(label + format_epoch(row, cfg.epochs), file=sys.stderr)
+        if checkpoint and epoch < cfg.epochs:
+            state = {"network": network.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                     "torch_rng": torch.get_rng_state(), "history": history}
+            if device.type == "cuda":
+                state["cuda_rng"] = torch.cuda.get_rng_state(device)
+            checkpoint.save(state)
     network.eval()
     return network, history
+
+
+def _check_finite(loss_sum: float, epoch: int, batch: int, label: str) -> None:
+    if not math.isfinite(loss_sum):
+        raise TrainingDiverged(f"{label}training diverged: the loss is {loss_sum} in epoch {epoch} by batch {batch}; "
+                               "lower --lr (or check the settings)")
 
 
 def format_epoch(row: dict, epochs: int) -> str:

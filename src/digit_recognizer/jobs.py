@@ -1,0 +1,206 @@
+"""The unit of work: a training job, the one function that trains it, and the plans made of jobs.
+
+A single run, each member x fold of an ensemble, and each method x fold of a comparison is a :class:`Job`: a
+method and its settings, the rows it trains on and the rows it is scored on, and its name in the run
+directory. :func:`train_job` trains one and returns a :class:`JobResult` (the fitted model, history, held-out
+probabilities, timings) without writing anything; :func:`run_jobs` runs the unfinished jobs of a plan, here or
+on a Ray cluster (:mod:`digit_recognizer.cluster`), and hands each result to the run directory as it arrives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from tqdm.auto import tqdm
+
+from .config import TrainConfig, check_method
+from .data import N_CLASSES, DataError, Digits, split, split_indices
+from .evaluate import accuracy, predict_proba
+from .methods import NetClassifier, estimator_proba, make_estimator
+from .rundir import JobRecord, RunDir
+
+
+@dataclass
+class Job:
+    """What to train, on which rows, and where its results go."""
+
+    name: str                  # its folder under the run directory's jobs/ ("" = the run directory itself)
+    method: str
+    config: TrainConfig        # the job's own settings, its seed included
+    train_rows: np.ndarray     # indices of the training digits it learns from
+    scored_rows: np.ndarray    # indices it is scored on, never trained on
+    # The seed kernel lets its validation split steer the learning-rate schedule (a single run does the same);
+    # every other job keeps its scored rows out of all decisions.
+    schedule_on_scored: bool = False
+    keep_model: bool = True    # write the fitted model (a comparison keeps only the probabilities)
+    predict_test: bool = False  # also return probabilities for the test digits
+
+
+@dataclass
+class JobResult:
+    job: Job
+    estimator: BaseEstimator | None  # None when the job does not keep its model
+    history: list[dict] | None       # networks: one row per epoch
+    accuracy: float                  # on the scored rows
+    proba: np.ndarray                # (len(scored_rows), 10)
+    proba_tta: np.ndarray | None     # networks: the same with test-time augmentation
+    test_proba: np.ndarray | None
+    seconds: float                   # training
+    predict_seconds: float           # predicting the scored rows
+    where: str                       # host (and, on a cluster, node) it ran on
+    device: str
+
+
+def train_job(job: Job, digits: Digits, test: Digits | None = None, device: str = "cpu", progress: bool = False,
+              checkpoint: object | None = None) -> JobResult:
+    """Train one job and score it on its held-out rows. Writes nothing; the caller decides where results go."""
+    train = Digits(digits.images[job.train_rows], digits.labels[job.train_rows])
+    scored = Digits(digits.images[job.scored_rows], digits.labels[job.scored_rows])
+    label = f"{job.name}: " if job.name else ""
+    estimator = make_estimator(job.method, job.config, device=device, progress=progress, label=label)
+    started = time.perf_counter()
+    if isinstance(estimator, NetClassifier):
+        if job.schedule_on_scored or job.config.schedule != "plateau":
+            fit_rows, monitor = train, scored  # one-cycle takes no decision from the monitored rows
+        else:  # the plateau schedule reacts to validation accuracy: give it a split of the job's own rows
+            fit_rows, monitor = split(train, job.config.val_fraction, job.config.seed)
+        estimator.fit(fit_rows.images, fit_rows.labels, monitor.images, monitor.labels, checkpoint=checkpoint)
+    else:
+        estimator.fit(train.images, train.labels)
+    seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    proba = estimator_proba(estimator, scored.images)
+    predict_seconds = time.perf_counter() - started
+    test_proba = estimator_proba(estimator, test.images) if job.predict_test and test is not None else None
+    proba_tta = history = None
+    if isinstance(estimator, NetClassifier):
+        proba_tta = predict_proba(estimator.network_, scored.images, device=device, tta=True)
+        history = estimator.history_
+        estimator.network_.cpu()  # results travel (and are saved) from the CPU
+    return JobResult(job, estimator if job.keep_model else None, history, accuracy(proba, scored.labels), proba,
+                     proba_tta, test_proba, seconds, predict_seconds, socket.gethostname(), str(device))
+
+
+# --- plans ---------------------------------------------------------------------------------------------------
+
+def check_split(labels: np.ndarray, folds: int, val_fraction: float) -> None:
+    """Refuse, before any training, data too small for the split asked for (raises DataError)."""
+    if folds < 1:
+        raise ValueError("folds must be at least 1")
+    counts = np.bincount(labels, minlength=N_CLASSES)
+    present = counts[counts > 0]
+    if folds > 1:
+        if folds > present.min():
+            digit = int(np.flatnonzero(counts == present.min())[0])
+            raise DataError(f"training data: {folds} folds need at least {folds} rows of every digit, but digit "
+                            f"{digit} has {present.min()}; use --folds {max(2, present.min())} or fewer")
+        return
+    n_val = math.ceil(len(labels) * val_fraction)
+    n_train = len(labels) - n_val
+    needed = len(present) if present.min() >= 2 else 1  # a stratified split needs every digit on both sides
+    if n_val < needed or n_train < max(needed, 2):
+        raise DataError(f"training data: {len(labels):,} rows with val_fraction {val_fraction:g} leave {n_train:,} "
+                        f"to train on and {n_val:,} to validate on; each side needs at least "
+                        f"{max(needed, 2)} (one per digit)")
+
+
+def single_job(method: str, cfg: TrainConfig, labels: np.ndarray) -> Job:
+    """The seed kernel's setting: one stratified validation split, which also steers the schedule."""
+    check_split(labels, 1, cfg.val_fraction)
+    train_rows, val_rows = split_indices(labels, 1, cfg.val_fraction, cfg.seed)[0]
+    return Job("", method, cfg, train_rows, val_rows, schedule_on_scored=True)
+
+
+def member_name(member: int, fold: int | None) -> str:
+    return f"member{member}" + (f"-fold{fold}" if fold is not None else "")
+
+
+def ensemble_jobs(method: str, cfg: TrainConfig, labels: np.ndarray, members: int, folds: int) -> list[Job]:
+    """``members`` networks that differ by seed, each trained on every one of ``folds`` folds (one split if 1)."""
+    if members < 1:
+        raise ValueError("members must be at least 1")
+    check_split(labels, folds, cfg.val_fraction)
+    pairs = split_indices(labels, folds, cfg.val_fraction, cfg.seed)
+    return [Job(member_name(m, k if folds > 1 else None), method,
+                dataclasses.replace(cfg, seed=cfg.seed + 1000 * (m + 1)), train_rows, scored_rows)
+            for m in range(members) for k, (train_rows, scored_rows) in enumerate(pairs)]
+
+
+def compare_jobs(methods: list[str], labels: np.ndarray, folds: int, val_fraction: float, seed: int,
+                 predict_test: bool) -> list[Job]:
+    """Every method on the same split (or the same folds), each with its own recipe."""
+    check_split(labels, folds, val_fraction)
+    pairs = split_indices(labels, folds, val_fraction, seed)
+    jobs = []
+    for method in methods:
+        cfg = dataclasses.replace(check_method(method).recipe or TrainConfig(), val_fraction=val_fraction, seed=seed)
+        for k, (train_rows, scored_rows) in enumerate(pairs):
+            name = method + (f"-fold{k}" if folds > 1 else "")
+            jobs.append(Job(name, method, cfg, train_rows, scored_rows, keep_model=False, predict_test=predict_test))
+    return jobs
+
+
+# --- running a plan --------------------------------------------------------------------------------------------
+
+class Executor(Protocol):
+    """Runs jobs and yields each result as it finishes (in any order)."""
+
+    def __call__(self, jobs: list[Job], digits: Digits, test: Digits | None, run_dir: RunDir,
+                 progress: bool) -> Iterator[JobResult]: ...
+
+    def describe(self) -> dict:
+        """Where and how the jobs run, for metrics.json."""
+        ...
+
+
+class InProcess:
+    """Runs jobs one after another in this process, each network resuming from its last finished epoch."""
+
+    def __init__(self, device: str = "auto") -> None:
+        from .train import resolve_device
+
+        self.device = str(resolve_device(device))
+
+    def __call__(self, jobs: list[Job], digits: Digits, test: Digits | None, run_dir: RunDir,
+                 progress: bool) -> Iterator[JobResult]:
+        for job in jobs:
+            yield train_job(job, digits, test, self.device, progress, checkpoint=run_dir.checkpoint(job.name))
+
+    def describe(self) -> dict:
+        return {"engine": "in-process", "device": self.device}
+
+
+def run_jobs(jobs: list[Job], digits: Digits, run_dir: RunDir, executor: Executor, test: Digits | None = None,
+             progress: bool = True) -> dict[str, JobRecord]:
+    """Run the jobs of a plan that have not finished yet and write each result as it arrives.
+
+    Returns every job's record by name, finished earlier or now. With several jobs, one bar of jobs done (on
+    a terminal) and one line per finished job report progress.
+    """
+    pending = [job for job in jobs if not run_dir.finished(job.name)]
+    several = len(jobs) > 1
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="jobs", unit="job",
+               disable=not (progress and several and sys.stderr.isatty()), file=sys.stderr)
+    if progress and several and len(pending) < len(jobs):
+        tqdm.write(f"{len(jobs) - len(pending)} of {len(jobs)} jobs already finished in {run_dir.path}",
+                   file=sys.stderr)
+    try:
+        for result in executor(pending, digits, test, run_dir, progress):
+            run_dir.write_job(result)
+            bar.update()
+            if progress and several:
+                tqdm.write(f"{result.job.name}: held-out accuracy {result.accuracy:.4f}, {result.seconds:.0f}s on "
+                           f"{result.where} ({result.device})", file=sys.stderr)
+    finally:
+        bar.close()
+    return {job.name: run_dir.read_job(job.name) for job in jobs}
