@@ -1,32 +1,90 @@
 from __future__ import annotations
 
+import asyncio
 import io
+import re
+import socket
+import struct
+import zlib
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
+import httpx
 import matplotlib
 import numpy as np
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw, ImageFont
 
 from digit_recognizer.cli import main
-from digit_recognizer.methods import estimator_proba, load_model
+from digit_recognizer.methods import estimator_proba
 from digit_recognizer.predict import OnnxPredictor, TorchPredictor, export_onnx
 from digit_recognizer.preprocess import ImageError, decode, mnist_like
-from digit_recognizer.serve import MAX_BATCH, create_app
+from digit_recognizer.rundir import load_model
+from digit_recognizer.serve import MAX_BATCH, MAX_DECODES, create_app, serve
 
 FONT = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+LOCAL = "http://127.0.0.1"  # TestClient's default host, 'testserver', is refused like any non-loopback name
 
 
 @pytest.fixture(scope="session")
 def client(served_run) -> TestClient:
-    return TestClient(create_app(TorchPredictor(served_run)))
+    return TestClient(create_app(TorchPredictor(served_run)), base_url=LOCAL)
+
+
+class StubPredictor:
+    """Uniform probabilities, for the tests about the server rather than the model."""
+
+    name, backend = "stub", "none"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return np.full((len(images), 10), 0.1)
 
 
 def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` grey pixels, with no pixel data."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IEND", b"")
+
+
+def gif_claiming(width: int, height: int) -> bytes:
+    size = struct.pack("<HH", width, height)
+    return b"GIF89a" + size + b"\x00\x00\x00" + b"," + b"\x00" * 4 + size + b"\x00\x02\x02\x4c\x01\x00;"
+
+
+def bmp_claiming(width: int, height: int) -> bytes:
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 0, 0, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 54, 0, 0, 54) + info
+
+
+def png_with_text_bomb(kind: bytes, before_pixels: bool) -> bytes:
+    """A small PNG with a zTXt or iTXt chunk that inflates to 16 MB (PIL stops at 1 MB)."""
+    ok = png(Image.new("L", (8, 8), 0))
+    flags = b"\x00" if kind == b"zTXt" else b"\x01\x00\x00\x00"
+    bomb = png_chunk(kind, b"comment\x00" + flags + zlib.compress(b"a" * (16 << 20), 9))
+    cut = 33 if before_pixels else len(ok) - 12  # after IHDR, or just before IEND
+    return ok[:cut] + bomb + ok[cut:]
+
+
+def truncated_png() -> bytes:
+    noise = np.random.default_rng(0).integers(0, 256, (300, 300), dtype=np.uint8)
+    data = png(Image.fromarray(noise))
+    return data[: len(data) // 2]
+
+
+def json_body(pixels: str) -> dict:
+    return {"content": b'{"pixels": ' + pixels.encode() + b"}", "headers": {"content-type": "application/json"}}
 
 
 def render(digit: int, size: int, offset: tuple[int, int], canvas: int = 280) -> Image.Image:
@@ -119,6 +177,39 @@ BAD = {
     "batch over the limit": ({"json": {"pixels": [[0] * 784] * (MAX_BATCH + 1)}}, 413, "at most"),
     "unsupported type": ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "content type"),
 }
+PNG_TYPE = {"content-type": "image/png"}
+ZEROS = "0, " * 783
+HOSTILE = {
+    "PNG header claiming 100000x100000": ({"content": png_claiming(100_000, 100_000), "headers": PNG_TYPE}, 400,
+                                          "too large"),
+    "GIF header claiming 65535x65535": ({"content": gif_claiming(65535, 65535),
+                                         "headers": {"content-type": "image/gif"}}, 400, "too large"),
+    "BMP header claiming 100000x100000": ({"content": bmp_claiming(100_000, 100_000),
+                                           "headers": {"content-type": "image/bmp"}}, 400, "too large"),
+    "zTXt bomb": ({"content": png_with_text_bomb(b"zTXt", True), "headers": PNG_TYPE}, 400, "too large"),
+    "iTXt bomb after the pixels": ({"content": png_with_text_bomb(b"iTXt", False), "headers": PNG_TYPE}, 400,
+                                   "too large"),
+    "truncated PNG": ({"content": truncated_png(), "headers": PNG_TYPE}, 400, "truncated"),
+    "PostScript (not a format the API reads)": ({"content": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n",
+                                                 "headers": {"content-type": "image/eps"}}, 400, "not an image"),
+    "a number of 400 digits": (json_body("[" + ZEROS + "9" * 400 + "]"), 422, "numbers"),
+    "an integer of 5000 digits": (json_body("[" + ZEROS + "9" * 5000 + "]"), 400, "JSON"),
+    "1e400": (json_body("[" + ZEROS + "1e400]"), 422, "0-255"),
+    "NaN": (json_body("[" + ZEROS + "NaN]"), 422, "0-255"),
+    "-Infinity": (json_body("[" + ZEROS + "-Infinity]"), 422, "0-255"),
+    "JSON nested 100,000 deep": (json_body("[" * 100_000 + "]" * 100_000), 400, "nested"),
+    "lists nested 200 deep": (json_body("[" * 200 + "0" + "]" * 200), 422, "pixels"),
+    "pixels of depth 3": ({"json": {"pixels": [[[0] * 784]]}}, 422, "shape"),
+    "pixels a number": ({"json": {"pixels": 7}}, 422, "list of 784"),
+    "pixels an object": ({"json": {"pixels": {"0": 0}}}, 422, "numbers"),
+    "pixels true": ({"json": {"pixels": True}}, 422, "numbers"),
+    "pixels booleans": ({"json": {"pixels": [False] * 784}}, 422, "numbers"),
+    "pixels null": ({"json": {"pixels": None}}, 422, "numbers"),
+    "pixels a string": ({"json": {"pixels": "0" * 784}}, 422, "numbers"),
+    "invalid UTF-8": ({"content": b'{"pixels": "\xc3\x28"}', "headers": {"content-type": "application/json"}}, 400,
+                      "JSON"),
+}
+BAD |= HOSTILE
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -141,7 +232,7 @@ def test_onnx_export_agrees_with_pytorch(served_run, embedded, tmp_path):
     assert main(["predict", "--onnx", str(path), "--test", str(tmp_path / "absent.csv"), "--out", str(sub),
                  "--tta"]) == 2  # refused before anything is read, not silently ignored
     assert not sub.exists()
-    onnx_client = TestClient(create_app(OnnxPredictor(path)))
+    onnx_client = TestClient(create_app(OnnxPredictor(path)), base_url=LOCAL)
     assert onnx_client.get("/api/health").json()["backend"] == "onnxruntime"
     assert onnx_client.post("/api/predict", json={"pixels": images[0].tolist()}).json()["label"] == int(
         torch_proba[0].argmax())
@@ -160,3 +251,134 @@ def test_serve_refuses_a_missing_model(tmp_path, capsys):
     assert main(["serve", "--onnx", str(tmp_path / "none.onnx")]) == 2
     assert "not found" in capsys.readouterr().err
 
+
+
+def modes_of(image: Image.Image) -> dict[str, tuple[bytes, str]]:
+    """The same black-on-white digit in the modes and formats a user may upload."""
+    ink = Image.fromarray(255 - np.asarray(image))  # ink as the level: the alpha of a digit on transparent paper
+    palette = image.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    frames = [image.convert("P")] + [Image.new("P", image.size, 255) for _ in range(150)]
+    for k, frame in enumerate(frames[1:]):
+        frame.putpixel((k, 0), 0)  # frames that differ, so none is merged away
+
+    def encoded(picture: Image.Image, fmt: str, **options) -> bytes:
+        buffer = io.BytesIO()
+        picture.save(buffer, format=fmt, **options)
+        return buffer.getvalue()
+
+    return {
+        "16-bit grey PNG": (encoded(Image.fromarray(np.asarray(image).astype(np.uint16) * 257), "PNG"), "image/png"),
+        "CMYK JPEG": (encoded(image.convert("CMYK"), "JPEG", quality=95), "image/jpeg"),
+        "palette PNG": (encoded(palette, "PNG"), "image/png"),
+        "palette PNG, transparent paper": (encoded(palette, "PNG", transparency=palette.getpixel((0, 0))),
+                                           "image/png"),
+        "grey + alpha PNG, ink on transparent": (encoded(Image.merge("LA", (Image.new("L", image.size, 0), ink)),
+                                                         "PNG"), "image/png"),
+        "1-bit BMP": (encoded(image.convert("1", dither=Image.Dither.NONE), "BMP"), "image/bmp"),
+        "animated GIF of 151 frames": (encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+                                       "image/gif"),
+    }
+
+
+def test_unusual_modes_and_animations_are_read_like_plain_grey(client):
+    for name, (data, content_type) in modes_of(render(3, 180, (30, 20))).items():
+        response = client.post("/api/predict", content=data, headers={"content-type": content_type})
+        assert response.status_code == 200, (name, response.text)
+        assert response.json()["label"] == 3, name
+
+
+def test_health_answers_while_large_images_decode():
+    app = create_app(StubPredictor())
+    big = Image.new("L", (4096, 4096), 255)  # the largest allowed; noise on the paper, a thick ring as the digit
+    big.paste(Image.fromarray(np.random.default_rng(0).integers(250, 256, (4096, 512), dtype=np.uint8)), (0, 0))
+    ImageDraw.Draw(big).ellipse((900, 600, 3200, 3500), outline=0, width=320)
+    body = png(big)
+
+    async def scenario() -> tuple[httpx.Response, int, list[httpx.Response]]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=LOCAL) as http:
+            decodes = [asyncio.create_task(http.post("/api/predict", content=body, headers=PNG_TYPE))
+                       for _ in range(2 * MAX_DECODES)]
+            for _ in range(2000):  # until as many decodes as allowed run in worker threads
+                if app.state.decodes.borrowed_tokens == MAX_DECODES:
+                    break
+                await asyncio.sleep(0.005)
+            assert app.state.decodes.borrowed_tokens == MAX_DECODES, "the decodes never ran side by side"
+            health = await http.get("/api/health")
+            still_decoding = sum(not task.done() for task in decodes)
+            return health, still_decoding, await asyncio.gather(*decodes)
+
+    health, still_decoding, decoded = asyncio.run(scenario())
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert still_decoding > 0  # health answered while large images were still being decoded
+    assert [response.status_code for response in decoded] == [200] * len(decoded)
+
+
+def test_errors_are_json_everywhere():
+    app = create_app(StubPredictor())
+
+    @app.get("/probe/{number}")
+    async def probe(number: int) -> dict:
+        return {"number": number}
+
+    local = TestClient(app, base_url=LOCAL)
+    for method, path, status in [("GET", "/nowhere", 404), ("GET", "/api/predict", 405), ("POST", "/api/health", 405),
+                                 ("GET", "/probe/seven", 422), ("GET", "/static-offline-docs/absent.js", 404)]:
+        response = local.request(method, path)
+        assert response.status_code == status, (method, path)
+        assert set(response.json()) == {"error"} and response.json()["error"], (method, path)
+    assert "POST" in local.get("/api/predict").headers["allow"]
+    assert "number" in local.get("/probe/seven").json()["error"]
+
+    class Broken(StubPredictor):
+        def __call__(self, images: np.ndarray) -> np.ndarray:
+            raise RuntimeError("model failure")
+
+    broken = TestClient(create_app(Broken()), base_url=LOCAL, raise_server_exceptions=False)
+    response = broken.post("/api/predict", json={"pixels": [0] * 784})
+    assert response.status_code == 500 and response.json() == {"error": "internal server error"}
+
+
+def test_pages_load_nothing_from_other_hosts():
+    local = TestClient(create_app(StubPredictor()), base_url=LOCAL)
+    for path in ("/", "/docs", "/redoc", "/docs/oauth2-redirect"):
+        page = local.get(path)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), path
+        outside = [url for url in re.findall(r"https?://[^\s\"'<>()]+", page.text)
+                   if urlsplit(url).hostname not in ("127.0.0.1", "localhost")]
+        assert outside == [], path
+        for asset in re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", page.text):
+            assert local.get(urljoin(LOCAL + path, asset)).status_code == 200, (path, asset)
+    assert "swagger-ui-bundle.js" in local.get("/docs").text
+
+
+def test_host_header_must_be_loopback_unless_opened_to_other_machines(monkeypatch):
+    loopback_only = TestClient(create_app(StubPredictor()), base_url=LOCAL)
+    for host in ("127.0.0.1", "127.0.0.1:8000", "localhost", "LOCALHOST:8000", "[::1]", "[::1]:8000"):
+        assert loopback_only.get("/api/health", headers={"host": host}).status_code == 200, host
+    for host in ("attacker.example", "attacker.example:8000", "testserver", "127.0.0.1.attacker.example", ""):
+        response = loopback_only.get("/api/health", headers={"host": host})
+        assert response.status_code == 400 and "Host" in response.json()["error"], host
+    opened = TestClient(create_app(StubPredictor(), allowed_hosts=None))
+    assert opened.get("/api/health", headers={"host": "digits.example:8000"}).status_code == 200
+
+    apps = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **_: apps.setdefault(host, app))
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost", "0.0.0.0", "192.0.2.7"):
+        serve(StubPredictor(), host, 8000)
+    for host, expected in [("127.0.0.1", 400), ("127.0.0.2", 400), ("::1", 400), ("localhost", 400),
+                           ("0.0.0.0", 200), ("192.0.2.7", 200)]:
+        served = TestClient(apps[host], base_url=LOCAL)
+        assert served.get("/api/health", headers={"host": "attacker.example"}).status_code == expected, host
+        assert served.get("/api/health").status_code == 200, host
+    bound = TestClient(apps["127.0.0.2"], base_url="http://127.0.0.2:8000")
+    assert bound.get("/api/health").status_code == 200  # the address it is bound to is a name it answers
+
+
+def test_serve_refuses_a_port_in_use(served_run, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(served_run), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert "serving" not in err and "in use" in err and len(err.strip().splitlines()) == 1, err

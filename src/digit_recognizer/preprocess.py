@@ -16,6 +16,7 @@ from .data import SIDE
 
 BOX = 20
 MAX_SIDE = 4096
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")  # the formats the API accepts; no others are tried
 
 
 class ImageError(ValueError):
@@ -23,26 +24,36 @@ class ImageError(ValueError):
 
 
 def decode(data: bytes, max_side: int = MAX_SIDE) -> Image.Image:
-    """Open PNG/JPEG/... bytes, refusing images larger than ``max_side`` on a side before decoding them."""
+    """Open PNG/JPEG/GIF/BMP/WebP bytes, refusing images larger than ``max_side`` on a side before decoding them.
+
+    Whatever a malformed or hostile file makes PIL raise (a header claiming billions of pixels, a compressed
+    text chunk that inflates past PIL's limit, a truncated stream, ...) comes out as an ``ImageError``.
+    """
     if not data:
         raise ImageError("empty body: expected an image")
     try:
-        image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError):
-        raise ImageError("the body is not an image PIL can read (PNG, JPEG, ...)") from None
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise ImageError("the body is not an image PIL can read (PNG, JPEG, GIF, BMP, WebP)") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"image is too large: at most {max_side} pixels on a side") from None
+    except Exception as err:  # PIL's plugins raise many kinds on malformed headers and chunks
+        raise ImageError(f"cannot read the image ({str(err) or type(err).__name__})") from None
     width, height = image.size  # read from the header; pixels are not decoded yet
     if width > max_side or height > max_side:
         raise ImageError(f"image is {width}x{height}; at most {max_side} pixels on a side")
     try:
-        image.load()
-    except (OSError, Image.DecompressionBombError) as err:
-        raise ImageError(f"cannot decode the image ({err})") from None
+        image.load()  # the first frame only, however many an animation holds
+    except Exception as err:
+        raise ImageError(f"cannot decode the image ({str(err) or type(err).__name__})") from None
     return image
 
 
 def to_grey(image: Image.Image) -> np.ndarray:
-    """Grey levels 0-255 as float; transparent pixels count as white paper."""
-    if image.mode in ("RGBA", "LA", "P"):
+    """Grey levels 0-255 as float; transparent pixels count as white paper, 16-bit levels are scaled down."""
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        return np.clip(np.asarray(image, dtype=np.float32) / 257, 0, 255)
+    if "A" in image.getbands() or "transparency" in image.info:
         image = image.convert("RGBA")
         paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(paper, image)
