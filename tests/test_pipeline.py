@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -8,7 +10,7 @@ import pytest
 
 from digit_recognizer.cli import main
 from digit_recognizer.config import TrainConfig
-from digit_recognizer.data import Digits, read_train
+from digit_recognizer.data import Digits, read_train, write_csv
 from digit_recognizer.pipeline import train_run
 
 RUN_FILES = ["model.safetensors", "config.json", "history.csv", "curves.png", "confusion_matrix.png",
@@ -119,3 +121,96 @@ def test_end_to_end_on_competition_data(shared_data, tmp_path):
     assert metrics["n_train"] == 7200 and metrics["n_val"] == 800
     assert metrics["val_accuracy"] >= 0.95, metrics
     assert (tmp_path / "run" / "curves.png").is_file() and (tmp_path / "run" / "errors.png").is_file()
+
+
+TINY = ["--preset", "fast", "--epochs", "1", "--filters", "4,8,8", "--dense", "16"]
+
+
+def test_a_diverging_run_exits_1_and_writes_no_submission(tmp_path, capsys):
+    out = tmp_path / "out"  # the embedded digits: enough batches for the loss to overflow within the epoch
+    code = main(["run", "--out", str(out), *TINY, "--epochs", "3", "--lr", "1e6", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "diverged" in err and len(err.strip().splitlines()) == 1
+    assert not (out / "submission.csv").exists() and not (out / "job.json").exists()
+
+
+def test_chance_level_accuracy_is_warned(small_data_dir, tmp_path, capsys):
+    # One epoch at a learning rate far too small for a one-cycle schedule: the network learns nothing.
+    code = main(["run", "--data-dir", str(small_data_dir), "--out", str(tmp_path / "o"), *TINY, "--lr", "1e-9",
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0
+    accuracy = json.loads((tmp_path / "o" / "metrics.json").read_text())["val_accuracy"]
+    assert ("chance level" in err) == (accuracy <= 0.2)
+
+
+@pytest.mark.parametrize("args, config, message", [
+    (["--kernels", "4,3,3"], None, "odd sizes"),
+    (["--dense", "0"], None, "dense must be"),
+    (["--device", "mps"], None, "device must be"),
+    (["--device", "meta"], None, "device must be"),
+    ([], "epochs = 1.5", "epochs must be a whole number"),
+    ([], 'filters = "abc"', "filters must be a list"),
+    ([], 'augment = "no"', "augment must be true or false"),
+    ([], "lr = inf", "lr must be a finite"),
+    ([], "epochs = [", "cannot read config"),
+    ([], "[1, 2]", "expected a table of settings"),
+])
+def test_bad_settings_are_refused_before_anything_is_read(args, config, message, tmp_path, capsys):
+    if config is not None:
+        path = tmp_path / ("c.json" if config.startswith("[") else "c.toml")
+        path.write_text(config)
+        args = [*args, "--config", str(path)]
+    code = main(["run", "--data-dir", str(tmp_path / "absent"), "--out", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_output_is_found_before_training(small_data_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code = main(["run", "--data-dir", str(tmp_path / "absent"), "--out", str(blocker / "out"), *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot write there" in err, err  # before the missing data is even looked at
+
+
+@pytest.mark.parametrize("rows, args, message", [
+    (200, ["--val-fraction", "0.001"], "each side needs"),
+    (1, [], "each side needs"),
+    (200, ["--members", "1", "--folds", "50"], "50 folds need"),
+])
+def test_data_too_small_to_split_is_refused_before_training(rows, args, message, embedded, tmp_path, capsys):
+    folder = tmp_path / "data"
+    write_csv(Digits(embedded[0].images[:rows], embedded[0].labels[:rows]), folder / "train.csv")
+    write_csv(Digits(embedded[1].images[:5]), folder / "test.csv")
+    code = main(["run", "--data-dir", str(folder), "--out", str(tmp_path / "out"), *TINY, *args, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out" / "run.json").exists()
+
+
+def test_progress_to_a_file_is_one_line_per_epoch_and_quiet_keeps_the_result(small_data_dir, tmp_path):
+    command = [sys.executable, "-m", "digit_recognizer.cli", "run", "--data-dir", str(small_data_dir), *TINY,
+               "--epochs", "2"]
+    logged = subprocess.run([*command, "--out", str(tmp_path / "a")], capture_output=True, text=True)
+    assert logged.returncode == 0, logged.stderr
+    assert "\r" not in logged.stderr and "\x1b" not in logged.stderr  # no bars when stderr is not a terminal
+    lines = logged.stderr.strip().splitlines()
+    assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["1/2", "2/2"]
+    assert sum("val_accuracy" in line for line in lines) == 1
+    quiet = subprocess.run([*command, "--out", str(tmp_path / "b"), "--quiet"], capture_output=True, text=True)
+    assert quiet.returncode == 0
+    quiet_lines = quiet.stderr.strip().splitlines()  # the result line, and a warning if the tiny net learned little
+    assert "val_accuracy" in quiet_lines[0] and not any(line.startswith("epoch") for line in quiet_lines)
+
+
+def test_the_accuracy_axis_shows_the_last_tenths_of_a_percent():
+    from digit_recognizer.plots import plot_curves
+
+    history = [{"epoch": e, "loss": 1 / e, "val_loss": 1 / e, "accuracy": a, "val_accuracy": v}
+               for e, a, v in [(1, 0.5, 0.16), (2, 0.985, 0.99), (3, 0.992, 0.995), (4, 0.995, 0.996)]]
+    figure = plot_curves(history)
+    low, high = figure.axes[1].get_ylim()
+    assert 0.97 < low < 0.985 and 0.996 <= high <= 1.0

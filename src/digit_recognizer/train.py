@@ -81,8 +81,9 @@ def fit(
     n = len(x_all)
     n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
     if cfg.schedule == "onecycle":
+        # At least 5 steps: with fewer, the warm-up phase is empty and the scheduler divides by zero.
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * n_batches, pct_start=0.25
+            optimizer, max_lr=cfg.lr, total_steps=max(cfg.epochs * n_batches, 5), pct_start=0.25
         )
     else:
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -145,6 +146,9 @@ def fit(
 
         seconds = time.perf_counter() - started
         _check_finite(loss_sum.item(), epoch, n_batches, label)
+        if not all(torch.isfinite(p).all() for p in network.parameters()):  # the last step can blow up too
+            raise TrainingDiverged(f"{label}training diverged: the weights became NaN or infinite in epoch {epoch}; "
+                                   "lower --lr (or check the settings)")
         proba = predict_proba(network, val.images, device=device)
         row = {
             "epoch": epoch,

@@ -1,0 +1,129 @@
+"""A run directory records what made it: a run resumes only with the same settings, anything else is refused
+(or cleared with --overwrite), interrupted writes leave nothing behind, and an interrupted network resumes
+from its last finished epoch to the same result."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.numpy import load_file
+
+import digit_recognizer.rundir as rundir_module
+from digit_recognizer.cli import main
+from digit_recognizer.config import method_config
+from digit_recognizer.data import Digits
+from digit_recognizer.pipeline import train_run
+
+TINY = ["--preset", "fast", "--epochs", "1", "--filters", "4,8,8", "--dense", "16", "--quiet"]
+
+
+def run(small_data_dir, out, *extra):
+    return main(["run", "--data-dir", str(small_data_dir), "--out", str(out), *TINY, *extra])
+
+
+def test_a_single_run_into_an_ensemble_directory_is_refused_then_overwritten(small_data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(small_data_dir, out, "--members", "2") == 0
+    capsys.readouterr()
+    assert run(small_data_dir, out) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert json.loads((out / "run.json").read_text())["kind"] == "ensemble"  # nothing was touched
+
+    assert run(small_data_dir, out, "--overwrite") == 0
+    assert json.loads((out / "run.json").read_text())["kind"] == "single"
+    assert not (out / "jobs").exists()  # the old members are gone: they cannot be predicted with
+    sub = tmp_path / "sub.csv"
+    assert main(["predict", "--model", str(out), "--test", str(small_data_dir / "test.csv"), "--out", str(sub)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(sub), pd.read_csv(out / "submission.csv"))
+
+
+@pytest.mark.parametrize("change", [["--epochs", "2"], ["--members", "1"], ["--seed", "3"], ["--model", "fast",
+                                                                                          "--lr", "0.05"]])
+def test_an_ensemble_rerun_with_other_settings_is_refused(small_data_dir, tmp_path, capsys, change):
+    out = tmp_path / "out"
+    assert run(small_data_dir, out, "--members", "2") == 0
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert run(small_data_dir, out, "--members", "2", *change) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_other_training_data_is_refused(small_data_dir, tmp_path, capsys, embedded):
+    out = tmp_path / "out"
+    assert run(small_data_dir, out) == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "test.csv").write_bytes((small_data_dir / "test.csv").read_bytes())
+    lines = (small_data_dir / "train.csv").read_text().splitlines()
+    (other / "train.csv").write_text("\n".join(lines[:-1]) + "\n")  # one row fewer
+    assert main(["run", "--data-dir", str(other), "--out", str(out), *TINY]) == 2
+    assert "other data" in capsys.readouterr().err
+
+
+def test_outputs_of_an_unknown_run_are_not_mixed_in(small_data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "submission.csv").write_text("ImageId,Label\n1,7\n")  # left by something else
+    (out / "notes.txt").write_text("mine")
+    assert run(small_data_dir, out) == 2
+    assert "no run.json" in capsys.readouterr().err
+    assert run(small_data_dir, out, "--overwrite") == 0
+    assert (out / "notes.txt").read_text() == "mine"  # --overwrite clears a run's files, nothing else
+    assert len(pd.read_csv(out / "submission.csv")) == 30
+
+
+def test_temporary_files_of_an_interrupted_write_are_removed(small_data_dir, tmp_path):
+    out = tmp_path / "out"
+    assert run(small_data_dir, out, "--members", "2") == 0
+    leftovers = [out / ".metrics.json.x1.tmp", out / "jobs" / "member0" / ".model.safetensors.x2.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half")
+    assert run(small_data_dir, out, "--members", "2") == 0  # resumes: everything is finished
+    assert not any(path.exists() for path in leftovers)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_an_interrupted_network_resumes_to_the_same_result(embedded, tmp_path, monkeypatch):
+    digits = Digits(embedded[0].images[:400], embedded[0].labels[:400])
+    cfg = method_config("fast")
+    cfg.filters, cfg.dense, cfg.epochs = (4, 8, 8), 16, 3
+    whole = train_run(digits, tmp_path / "whole", "fast", cfg, progress=False)
+
+    saves = []
+    real_save = rundir_module.FileCheckpoint.save
+
+    def interrupt_after_first_epoch(self, state):
+        real_save(self, state)
+        saves.append(len(state["history"]))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rundir_module.FileCheckpoint, "save", interrupt_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(digits, tmp_path / "cut", "fast", cfg, progress=False)
+    assert saves == [1] and (tmp_path / "cut" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "cut" / "job.json").exists()
+    monkeypatch.setattr(rundir_module.FileCheckpoint, "save", real_save)
+
+    resumed = train_run(digits, tmp_path / "cut", "fast", cfg, progress=False)
+    assert resumed["val_accuracy"] == whole["val_accuracy"] and resumed["epochs"] == 3
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("whole", "cut"))
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    history = [pd.read_csv(tmp_path / d / "history.csv").drop(columns=["seconds", "images_per_second"])
+               for d in ("whole", "cut")]
+    pd.testing.assert_frame_equal(*history)
+    assert not (tmp_path / "cut" / "checkpoint.pt").exists()  # dropped once the job finished
+
+
+def test_a_damaged_checkpoint_is_named(embedded, tmp_path, capsys, small_data_dir):
+    out = tmp_path / "out"
+    assert run(small_data_dir, out) == 0
+    (out / "job.json").unlink()
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert run(small_data_dir, out) == 2
+    assert "checkpoint.pt: cannot resume" in capsys.readouterr().err
