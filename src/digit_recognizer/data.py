@@ -2,12 +2,16 @@
 
 Images travel through the package as ``uint8`` arrays of shape ``(n, 784)``, row-major 28x28
 (``pixel{i*28+j}`` is row i, column j), exactly as Kaggle ships them; labels as ``int64`` arrays.
+
+The CSV readers take Kaggle's layout and nothing looser: each value plain decimal digits, 0-255 (labels 0-9).
+Windows line ends, blank lines and a UTF-8 byte-order mark are harmless and accepted. Anything else is a
+:class:`DataError` naming the file, the line (and column) and the fault.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
+import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +25,13 @@ N_PIXELS = 784
 SIDE = 28
 N_CLASSES = 10
 PIXEL_COLUMNS = [f"pixel{i}" for i in range(N_PIXELS)]
+
+_PLAIN_BYTES = b"0123456789,\r\n"
+_BOM = b"\xef\xbb\xbf"
+_GZIP_MAGIC = b"\x1f\x8b"
+_HEADER_LIMIT = 1 << 16  # bytes; Kaggle's header is about 7 KB
+_LINE_END = re.compile(rb"\r|\n")
+_BYTE = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255 in plain digits
 
 
 class DataError(ValueError):
@@ -52,97 +63,186 @@ def find_csv(data_dir: str | Path, stem: str) -> Path:
     """Return ``data_dir/stem.csv`` or ``data_dir/stem.csv.gz``, whichever exists."""
     data_dir = Path(data_dir)
     for name in (f"{stem}.csv", f"{stem}.csv.gz"):
-        if (data_dir / name).is_file():
+        if (data_dir / name).exists():  # a directory of that name is reported when read
             return data_dir / name
     raise DataError(f"{data_dir}: no {stem}.csv or {stem}.csv.gz in this directory")
 
 
 def _read(path: Path, labelled: bool) -> Digits:
     expected = (["label"] if labelled else []) + PIXEL_COLUMNS
+    data = _load(path)
+    try:
+        values, problem = _parse(data, expected), "no fault found"
+    except (pa.ArrowException, UnicodeDecodeError) as err:
+        values, problem = None, _first_line(err)
+    if values is not None and (not labelled or values[:, 0].max() < N_CLASSES) and _only_digits(data, values, expected):
+        if labelled:
+            return Digits(np.ascontiguousarray(values[:, 1:]), values[:, 0].astype(np.int64))
+        return Digits(values)
+    # Something is wrong: find the first fault and name its line (a slower, pure-Python pass).
+    raise DataError(_find_fault(path, data.to_pybytes(), expected) or f"{path}: cannot read as CSV ({problem})")
+
+
+def _load(path: Path) -> pa.Buffer:
+    """The file's bytes in an Arrow-owned buffer; a ``.gz`` file decompressed in one go (quicker than Arrow's
+    streaming reader).
+
+    Not ``pa.py_buffer(bytes)``: Arrow's CSV reader, and the buffer it reads, can be released on one of its
+    worker threads after ``read_csv`` has returned (typically after a parse error), and releasing a
+    Python-owned buffer there takes the GIL. If the interpreter is already shutting down by then (a
+    ``DataError`` ends the program at once), that thread is killed inside a C++ destructor and the process
+    aborts (SIGABRT, "terminate called without an active exception") after the message was printed.
+    """
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a CSV file")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        try:
-            # Fast path: every column parsed straight to int16. Any fault (a stray value, a ragged row)
-            # fails it, and the general parse then finds and names the fault.
-            table = _parse(path, pacsv.ConvertOptions(column_types=dict.fromkeys(expected, pa.int16())))
-        except pa.ArrowInvalid:
-            table = _parse(path)
-    except pa.ArrowInvalid as err:
-        raise DataError(_parse_error(path, len(expected), err)) from None
-    except (OSError, EOFError, pa.ArrowException) as err:
-        raise DataError(f"{path}: cannot read as CSV ({_first_line(err)})") from None
+        with pa.input_stream(str(path), compression="detect") as stream:
+            return stream.read_buffer()
+    except (OSError, pa.ArrowException) as err:
+        fault = _gzip_fault(path) if path.suffix == ".gz" else None
+        raise DataError(fault or f"{path}: cannot read ({_first_line(err)})") from None
 
-    _check_header(path, table.column_names, expected, labelled)
-    if table.num_rows == 0:
-        raise DataError(f"{path}: no data rows after the header")
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        _check_column_type(path, name, column)
 
+def _parse(data: pa.Buffer, expected: list[str]) -> np.ndarray | None:
+    """The fast path: every cell parsed straight to ``uint8`` by Arrow, so values over 255, signs, decimals,
+    empty cells and ragged rows all fail it. Returns ``None`` when the header is not ``expected``."""
+    table = pacsv.read_csv(
+        data,
+        # 4 MB blocks rather than 1 MB: with 785 columns, fewer and larger chunks parse and copy much faster.
+        read_options=pacsv.ReadOptions(block_size=1 << 22),
+        parse_options=pacsv.ParseOptions(quote_char=False),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(expected, pa.uint8()),
+            null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False,
+        ),
+    )
+    if table.column_names != expected or table.num_rows == 0:
+        return None
     # Filled column by column: far faster than stacking 784 separate arrays.
-    values = np.empty((table.num_rows, table.num_columns), dtype=table.schema.field(0).type.to_pandas_dtype())
+    values = np.empty((table.num_rows, table.num_columns), dtype=np.uint8)
     for j, column in enumerate(table.columns):
         values[:, j] = column.to_numpy()
-    bad = (values < 0) | (values > 255)
-    if labelled:
-        bad[:, 0] = (values[:, 0] < 0) | (values[:, 0] >= N_CLASSES)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        what = "a digit 0-9" if labelled and col == 0 else "in 0-255"
-        raise DataError(
-            f"{path}: line {row + 2}, column {expected[col]}: value {values[row, col]} is not {what}"
-        )
-    if labelled:
-        return Digits(values[:, 1:].astype(np.uint8), values[:, 0].astype(np.int64))
-    return Digits(values.astype(np.uint8))
+    return values
 
 
-def _parse(path: Path, convert: pacsv.ConvertOptions | None = None) -> pa.Table:
-    """Parse a CSV file (decompressing ``.gz`` in one go first: quicker than Arrow's streaming reader)."""
-    with pa.input_stream(str(path), compression="detect") as stream:
-        data = stream.read()
-    return pacsv.read_csv(pa.py_buffer(data), convert_options=convert)
+def _only_digits(data: pa.Buffer, values: np.ndarray, expected: list[str]) -> bool:
+    """Whether the rows hold nothing but digits, commas and line ends.
+
+    Arrow's integer parser forgives spaces around a number and reads ``0x1f`` as hex; this refuses both.
+    Quick check first: written plainly (Kaggle's layout, and :func:`write_csv`'s), each value takes as many
+    bytes as its digits, plus one for the comma or newline after it. Any other way of writing the same
+    values is longer, so a file of exactly that size, ending in a newline, is plain. Otherwise (Windows line
+    ends, a byte-order mark, blank lines, leading zeros, or a stray byte) look at every byte.
+    """
+    header = ",".join(expected).encode()
+    plain_size = len(header) + 1 + 2 * values.size + np.count_nonzero(values >= 10) + np.count_nonzero(values >= 100)
+    if data.size == plain_size and data[-1] == ord("\n"):
+        return True
+    raw = data.to_pybytes()
+    end = raw.find(header) + len(header)
+    return raw.translate(None, _PLAIN_BYTES) == raw[:end].translate(None, _PLAIN_BYTES)
 
 
-def _check_header(path: Path, names: list[str], expected: list[str], labelled: bool) -> None:
-    if names == expected:
-        return
+def _find_fault(path: Path, raw: bytes, expected: list[str]) -> str | None:
+    """The first fault in a file that the fast path refused, as a one-line message naming its line.
+
+    Reads lines as Arrow does: ``\\n``, ``\\r\\n`` or ``\\r`` ends one, blank lines are skipped, and a
+    UTF-8 byte-order mark before the header is allowed.
+    """
+    labelled = expected[0] == "label"
+    if raw.startswith(_GZIP_MAGIC) and path.suffix != ".gz":
+        return f"{path}: holds gzip-compressed data; name it {path.name}.gz"
+    raw = raw.removeprefix(_BOM)
+    body = raw.lstrip(b"\r\n")
+    line = 1 + len(raw[: len(raw) - len(body)].splitlines())
+    if not body:
+        return f"{path}: file is empty" if not raw else f"{path}: no header: the file has only blank lines ({line - 1})"
     what = "'label' then pixel0..pixel783" if labelled else "pixel0..pixel783"
-    if len(names) != len(expected):
-        raise DataError(f"{path}: header has {len(names)} columns, expected {len(expected)} ({what})")
-    col = next(i for i, (a, b) in enumerate(zip(names, expected, strict=True)) if a != b)
-    raise DataError(f"{path}: header column {col + 1} is '{names[col]}', expected '{expected[col]}' ({what})")
+    header_end = _LINE_END.search(body, 0, _HEADER_LIMIT)
+    if header_end is None and len(body) > _HEADER_LIMIT:
+        return (f"{path}: line {line}: header is over {_HEADER_LIMIT:,} bytes long with no line end "
+                f"(expected {what}, {len(','.join(expected)):,} bytes)")
+    header = body[: header_end.start() if header_end else len(body)]
+    fault = _header_fault(header, expected, what)
+    if fault:
+        return f"{path}: line {line}: {fault}"
 
-
-def _check_column_type(path: Path, name: str, column: pa.ChunkedArray) -> None:
-    if column.null_count:
-        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"{path}: line {row + 2}, column {name}: missing value")
-    if pa.types.is_integer(column.type):
-        return
-    # Arrow widened the column because some cell is not an integer: find the first such cell.
-    for row, value in enumerate(column.to_pylist()):
-        if isinstance(value, int) and not isinstance(value, bool):
+    n = len(expected)
+    first = rb"[0-9]" if labelled else _BYTE
+    plain_row = re.compile(first + rb"(?:," + _BYTE + rb"){%d}" % (n - 1))
+    rows = body[len(header):].splitlines()[1:]  # [0] is the rest of the header's line: nothing
+    for number, row in enumerate(rows, start=line + 1):
+        if not row or plain_row.fullmatch(row):
             continue
-        if isinstance(value, float) and value.is_integer():
-            continue
-        raise DataError(f"{path}: line {row + 2}, column {name}: {value!r} is not an integer")
-    raise DataError(f"{path}: column {name}: values are not integers")
+        cells = row.split(b",")
+        if len(cells) != n:
+            return f"{path}: line {number} has {len(cells):,} field{'s' * (len(cells) > 1)}, expected {n}"
+        for name, cell in zip(expected, cells, strict=True):
+            fault = _cell_fault(cell, name == "label")
+            if fault:
+                return f"{path}: line {number}, column {name}: {fault}"
+    if not any(rows):
+        return f"{path}: no data rows after the header (line {line})"
+    return None
 
 
-def _parse_error(path: Path, n_columns: int, err: Exception) -> str:
-    if "Empty CSV file" in str(err):
-        return f"{path}: file is empty"
-    # Arrow does not say which line is ragged; find it with the csv module (error path only).
-    opener = gzip.open if path.suffix == ".gz" else open
+def _header_fault(header: bytes, expected: list[str], what: str) -> str | None:
     try:
-        with opener(path, "rt", newline="") as handle:
-            for line, fields in enumerate(csv.reader(handle), start=1):
-                if len(fields) != n_columns:
-                    return f"{path}: line {line} has {len(fields)} fields, expected {n_columns}"
-    except (OSError, EOFError, csv.Error, UnicodeDecodeError):
-        pass
-    return f"{path}: cannot parse CSV ({_first_line(err)})"
+        text = header.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"header is not UTF-8 text (byte 0x{header[err.start]:02x} at position {err.start + 1})"
+    names = text.split(",")
+    if names == expected:
+        return None
+    if names[:-1] == expected and names[-1] == "":
+        return f"header ends with a comma (an empty column {len(names)}); expected {what}"
+    if all(name.isdigit() for name in names):
+        return f"no header: the line holds numbers, expected {what}"
+    if len(names) != len(expected):
+        return f"header has {len(names)} columns, expected {len(expected)} ({what})"
+    col = next(i for i, (a, b) in enumerate(zip(names, expected, strict=True)) if a != b)
+    return f"header column {col + 1} is {_show(names[col])}, expected '{expected[col]}' ({what})"
+
+
+def _cell_fault(cell: bytes, label: bool) -> str | None:
+    """What is wrong with one value, or ``None``: a value is plain decimal digits, 0-255 (a label 0-9)."""
+    if not cell:
+        return "missing value"
+    if cell.strip(b" \t").isdigit() and not cell.isdigit():
+        return f"{_show(cell)} has spaces around the number"
+    if not cell.removeprefix(b"-").isdigit():
+        return f"{_show(cell)} is not an integer"
+    significant = cell.lstrip(b"0") or b"0"  # a negative value keeps its sign here, and so is refused
+    if significant.isdigit() and len(significant) <= 3 and int(significant) <= (9 if label else 255):
+        return None
+    return f"value {_show(cell, quote=False)} is not {'a digit 0-9' if label else 'in 0-255'}"
+
+
+def _show(value: bytes | str, quote: bool = True) -> str:
+    """A value for a message: undecodable bytes escaped, long ones cut."""
+    text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+    if len(text) > 40:
+        text = f"{text[:40]}... ({len(text):,} characters)"
+    return repr(text) if quote else text
+
+
+def _gzip_fault(path: Path) -> str | None:
+    """Why a ``.gz`` file cannot be decompressed, naming the last line that came out whole."""
+    decompressor, lines = zlib.decompressobj(wbits=31), 0
+    with open(path, "rb") as handle:
+        if handle.read(2) != _GZIP_MAGIC:
+            return f"{path}: not gzip-compressed, though its name ends in .gz"
+        handle.seek(0)
+        while chunk := handle.read(1 << 14):  # small reads: a failing one loses its whole output
+            try:
+                lines += decompressor.decompress(chunk).count(b"\n")
+            except zlib.error as err:
+                return f"{path}: corrupt gzip data{f' after line {lines:,}' if lines else ''} ({err})"
+    if not decompressor.eof:
+        return f"{path}: the gzip data ends early, in line {lines + 1} (truncated file?)"
+    return None
 
 
 def _first_line(err: Exception) -> str:
