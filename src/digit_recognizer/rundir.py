@@ -15,6 +15,7 @@ when the next run starts. Everything read back is checked as input from outside.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -47,6 +48,13 @@ COMPARISON_TABLE = "comparison.csv"
 COMPARISON_FIGURE = "comparison.png"
 SUBMISSIONS_DIR = "submissions"
 JOBS_DIR = "jobs"
+# A hyper-parameter search (tune.py)
+STUDY_FILE = "study.db"
+TRIALS_TABLE = "trials.csv"
+BEST_CONFIG = "best.toml"
+BEST_COMMAND = "best_command.txt"
+SEARCH_HISTORY_FIGURE = "search_history.png"
+SEARCH_IMPORTANCES_FIGURE = "search_importances.png"
 # A job's record
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -59,8 +67,9 @@ CHECKPOINT_FILE = "checkpoint.pt"
 # Everything a run writes: what --overwrite clears, and what marks a directory as holding a run.
 RUN_FILES = (MANIFEST_FILE, METRICS_FILE, SUBMISSION_FILE, CURVES_FILE, CONFUSION_FILE, ERRORS_FILE,
              COMPARISON_TABLE, COMPARISON_FIGURE, CONFIG_FILE, WEIGHTS_FILE, SKOPS_FILE, HISTORY_FILE,
-             HELDOUT_FILE, JOB_FILE, CHECKPOINT_FILE, SUBMISSIONS_DIR, JOBS_DIR)
-KINDS = ("single", "ensemble", "compare")
+             HELDOUT_FILE, JOB_FILE, CHECKPOINT_FILE, SUBMISSIONS_DIR, JOBS_DIR, STUDY_FILE, f"{STUDY_FILE}-journal",
+             TRIALS_TABLE, BEST_CONFIG, BEST_COMMAND, SEARCH_HISTORY_FIGURE, SEARCH_IMPORTANCES_FIGURE)
+KINDS = ("single", "ensemble", "compare", "tune")
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _MAX_JSON = 1 << 20  # a run's JSON files are a few KB; anything far larger is not one of ours
 
@@ -109,9 +118,11 @@ class RunDir:
     # --- starting ------------------------------------------------------------------------------------------
 
     def check_writable(self) -> None:
-        """Create the directory if needed and prove a file can be written there, before any training."""
+        """Prove, before any training, that files can be written here; leaves no trace (folders it had to
+        create for the test are removed again)."""
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"{self.path}: exists and is not a directory")
+        created = [p for p in (self.path, *self.path.parents) if not p.exists()]
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.path / ".write-test") as tmp:
@@ -119,6 +130,10 @@ class RunDir:
             (self.path / ".write-test").unlink()
         except OSError as err:
             raise RunDirError(f"{self.path}: cannot write there ({err.strerror or err})") from None
+        finally:
+            for folder in created:  # deepest first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
     def start(self, what: dict, overwrite: bool = False) -> bool:
         """Begin or resume the run described by ``what`` (see :func:`manifest`); returns True when resuming.
@@ -128,6 +143,7 @@ class RunDir:
         (and only those). Temporary files of an interrupted write are removed either way.
         """
         self.check_writable()
+        self.path.mkdir(parents=True, exist_ok=True)
         for tmp in self.path.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
         if overwrite:
@@ -180,7 +196,8 @@ class RunDir:
         write_json({"name": job.name, "method": job.method, "accuracy": result.accuracy,
                     "seconds": round(result.seconds, 2), "predict_seconds": round(result.predict_seconds, 3),
                     "where": result.where, "device": result.device, "train_rows": len(job.train_rows),
-                    "scored_rows": len(job.scored_rows), "epochs": len(result.history or [])}, folder / JOB_FILE)
+                    "scored_rows": len(job.scored_rows), "epochs": len(result.history or []),
+                    "resources": result.resources}, folder / JOB_FILE)
         (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
 
     def read_job(self, name: str) -> JobRecord:
@@ -202,6 +219,17 @@ class RunDir:
     def checkpoint(self, name: str) -> FileCheckpoint:
         return FileCheckpoint(self.job_dir(name) / CHECKPOINT_FILE)
 
+    def drop_checkpoint(self, name: str) -> None:
+        """Remove a job's checkpoint, and its folder if nothing else is left there (a job kept in a study only)."""
+        folder = self.job_dir(name)
+        (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+        if name and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+    def study_storage(self) -> str:
+        """The database URL of a search's Optuna study (SQLite, in the run directory)."""
+        return f"sqlite:///{(self.path / STUDY_FILE).resolve()}"
+
     # --- outputs -------------------------------------------------------------------------------------------
 
     def write_metrics(self, metrics: dict) -> None:
@@ -217,6 +245,10 @@ class RunDir:
     def write_table(self, table: pd.DataFrame, name: str, folder: Path | None = None) -> None:
         with atomic_path((folder or self.path) / name) as tmp:
             table.to_csv(tmp, index=False)
+
+    def write_text(self, text: str, name: str) -> None:
+        with atomic_path(self.path / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
 
     def write_submission(self, labels: np.ndarray, method: str | None = None) -> Path:
         """``submission.csv``, or a comparison's ``submissions/<method>.csv``."""
@@ -311,6 +343,9 @@ def load_model(path: str | Path, device: str = "cpu", tta: bool = False) -> Base
         what = run_dir.read_manifest()
         if what["kind"] == "compare":
             raise RunDirError(f"{run_dir.path}: a comparison keeps no models; train one with 'run --model NAME'")
+        if what["kind"] == "tune":
+            raise RunDirError(f"{run_dir.path}: a search keeps no models; train its best settings with the command "
+                              f"in {run_dir.path / BEST_COMMAND}")
         if what["kind"] == "ensemble":
             folders = [run_dir.job_dir(name) for name in what["jobs"]]
         unfinished = [f.name for f in folders if not (f / JOB_FILE).is_file()]
