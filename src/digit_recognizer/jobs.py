@@ -58,6 +58,7 @@ class JobResult:
     predict_seconds: float           # predicting the scored rows
     where: str                       # host (and, on a cluster, node) it ran on
     device: str
+    resources: dict | None = None    # on a cluster, the CPUs and GPUs the task was given
 
 
 def train_job(job: Job, digits: Digits, test: Digits | None = None, device: str = "cpu", progress: bool = False,
@@ -148,6 +149,13 @@ def compare_jobs(methods: list[str], labels: np.ndarray, folds: int, val_fractio
             name = method + (f"-fold{k}" if folds > 1 else "")
             jobs.append(Job(name, method, cfg, train_rows, scored_rows, keep_model=False, predict_test=predict_test))
     return jobs
+
+
+def fold_jobs(name: str, method: str, cfg: TrainConfig, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[Job]:
+    """The same settings trained on each (train, held-out) pair and scored on its held-out rows: one trial of
+    a search (``<name>-fold<k>``), keeping no model."""
+    return [Job(f"{name}-fold{k}", method, cfg, train_rows, scored_rows, keep_model=False)
+            for k, (train_rows, scored_rows) in enumerate(pairs)]
 
 
 # --- running a plan --------------------------------------------------------------------------------------------
