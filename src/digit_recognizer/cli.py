@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import tomllib
 from pathlib import Path
@@ -196,6 +197,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=2)
     _add_output_flags(p, "comparison")
 
+    p = sub.add_parser("tune", help="search a network's training settings (Optuna), scored out of fold")
+    p.add_argument("--data-dir", type=Path,
+                   help="folder with train.csv(.gz); default: the embedded digits")
+    p.add_argument("--model", choices=[name for name in METHOD_NAMES if METHODS[name].network], default="fast",
+                   help="network whose settings to search (default: fast)")
+    p.add_argument("--trials", type=int, default=20,
+                   help="trials to add to the study (default: 20); the same command run again adds more")
+    p.add_argument("--folds", type=int, default=3,
+                   help="K stratified folds, the same for every trial; a trial scores the mean held-out "
+                        "accuracy over them (default: 3)")
+    p.add_argument("--timeout", type=_seconds, metavar="TIME",
+                   help="start no trial after this wall time (90, 90s, 30m, 2h); trials under way finish")
+    p.add_argument("--space", type=Path,
+                   help="TOML file of the settings to search, one table each (default: the model's space)")
+    _add_output_flags(p, "tune")
+    group = p.add_argument_group("fixed training settings: not searched (defaults: the model's recipe)")
+    group.add_argument("--config", type=Path, help="TOML or JSON file of settings; flags override it")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            group.add_argument(flag, type=_FLAG_TYPES[f.type], default=None, metavar=f.name.upper())
+
     p = sub.add_parser("serve", help="web page to draw a digit, and the prediction API")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, help="run directory made by 'run' or 'train' (PyTorch)")
@@ -335,6 +360,52 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"{PROG}: wrote {args.out / 'comparison.csv'} and {args.out / 'comparison.png'}", file=sys.stderr)
 
 
+def _seconds(text: str) -> float:
+    """A wall time: seconds, or a number with s, m or h."""
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:].lower(), 1)
+    try:
+        seconds = float(text[:-1] if text[-1:].lower() in "smh" else text) * scale
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"expected a wall time above 0 such as 90, 90s, 30m or 2h, got '{text}'")
+    return seconds
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise UsageError("tune needs Optuna: pip install 'digit-recognizer[tune]' "
+                         "(or pip install -e '.[tune]' in a checkout)") from None
+    if args.trials < 1 or args.folds < 1:
+        raise UsageError("--trials and --folds must be at least 1")
+    from .jobs import check_split
+    from .tune import make_space, tune
+
+    args.preset_settings = {}
+    cfg = config_from_args(args)
+    fixed = {f.name for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    if args.config is not None:
+        fixed |= set(read_config_file(args.config))
+    try:
+        space = make_space(args.model, cfg, args.space, fixed)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    RunDir(args.out).check_writable()
+    train = load_embedded()[0] if args.data_dir is None else read_train(find_csv(args.data_dir, "train"))
+    check_split(train.labels, args.folds, cfg.val_fraction)
+    executor = _executor(args, cfg.device)
+    with _closing(executor):
+        summary = tune(train, args.out, args.model, cfg, space, args.trials, args.folds, args.timeout, executor,
+                       not args.quiet, args.overwrite, args.data_dir)
+    print(f"{PROG}: best of {summary['trials']} trials ({summary['complete']} finished, {summary['pruned']} "
+          f"pruned, {summary['fail']} failed): trial {summary['best_trial']}, mean held-out accuracy "
+          f"{summary['best_accuracy']:.4f} over {summary['folds']} folds; outputs in {args.out}/; "
+          "train it with:", file=sys.stderr)
+    print(summary["command"])
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from .predict import OnnxPredictor, TorchPredictor
     from .serve import serve
@@ -398,7 +469,7 @@ def _report(metrics: dict, out: Path, with_submission: bool) -> None:
 
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "predict": cmd_predict, "compare": cmd_compare,
-            "serve": cmd_serve, "export": cmd_export, "sample-data": cmd_sample_data}
+            "serve": cmd_serve, "export": cmd_export, "sample-data": cmd_sample_data, "tune": cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,599 @@
+"""Hyper-parameter search: an Optuna study whose trials are scored out of fold by the project's training jobs.
+
+A trial is one choice of settings from the search space, trained on each of K stratified folds (the same folds
+for every trial) and scored on the fold it did not train on; its value is the mean of the K held-out
+accuracies. Each fold is a :class:`~digit_recognizer.jobs.Job` run by an executor: in this process one trial
+after another, or on a Ray cluster several trials at once. After each fold, a trial that could not beat the
+best finished trial even with every remaining fold perfect is stopped (:class:`CannotBeatBest`).
+
+The study lives in ``OUT/study.db`` (SQLite): the same command run again adds trials to it. A trial that was
+under way when a search was interrupted is marked failed and tried again first, keeping its finished folds
+(and, in this process, resuming its unfinished fold from its last epoch). The outputs (``trials.csv``,
+``best.toml``, the figures, ``best_command.txt``) are written from the whole study at the end of each search.
+
+The search space is one TOML table per setting (:func:`read_space`)::
+
+    [lr]
+    low = 1e-3
+    high = 0.3
+    log = true        # sample on a log scale
+
+    [epochs]          # a whole-number setting samples whole numbers
+    low = 4
+    high = 12
+
+    [batch_size]
+    choices = [64, 128, 256]
+
+    [filters]         # a list setting takes choices of lists
+    choices = [[16, 32, 64], [32, 64, 128]]
+
+    [label_smoothing] # an empty table: the model's default range for that setting
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import queue
+import shlex
+import sys
+import threading
+import time
+import tomllib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
+
+from .config import TrainConfig, _typed, check_method
+from .data import Digits, split_indices
+from .errors import TrainingDiverged
+from .jobs import Executor, InProcess, Job, JobResult, check_split, fold_jobs
+from .rundir import (
+    BEST_COMMAND,
+    BEST_CONFIG,
+    SEARCH_HISTORY_FIGURE,
+    SEARCH_IMPORTANCES_FIGURE,
+    STUDY_FILE,
+    TRIALS_TABLE,
+    RunDir,
+    digest,
+    manifest,
+)
+
+STUDY_NAME = "tune"
+OBJECTIVE = "mean held-out accuracy"
+FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+NOT_SEARCHED = {"device": "it is the hardware, not a training setting",
+                "seed": "it decides the folds every trial shares; set it with --seed"}
+SHAPE_SETTINGS = ("filters", "kernels", "dense", "dropout")  # used or not depending on the network
+# The widths (and dropout) each network's default space chooses from; the other settings are ranges around
+# the recipe's values (default_space).
+DEFAULT_SHAPES: dict[str, dict[str, tuple]] = {
+    "cnn": {"filters": ((16, 32, 64), (32, 64, 128), (48, 96, 192)), "dense": (128, 256, 512),
+            "dropout": ((0.1, 0.1, 0.1, 0.25), (0.25, 0.25, 0.25, 0.5), (0.4, 0.4, 0.4, 0.5))},
+    "fast": {"filters": ((16, 32, 64), (24, 48, 96), (32, 64, 128)), "dense": (64, 128, 256)},
+    "mlp": {},
+}
+
+
+# --- the search space ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Param:
+    """One searched setting: a range from ``low`` to ``high`` (on a log scale if ``log``), or ``choices``."""
+
+    name: str
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    choices: tuple | None = None
+
+    def suggest(self, trial: optuna.Trial) -> object:
+        if self.choices is None:
+            suggest = trial.suggest_int if FIELD_TYPES[self.name] == "int" else trial.suggest_float
+            return suggest(self.name, self.low, self.high, log=self.log)
+        if isinstance(self.choices[0], tuple):  # Optuna's choices are plain values: a list goes by its label
+            labels = {_label(choice): choice for choice in self.choices}
+            return labels[trial.suggest_categorical(self.name, list(labels))]
+        return trial.suggest_categorical(self.name, list(self.choices))
+
+    def extremes(self) -> list:
+        """The values to check before a search: the bounds, or every choice."""
+        return [self.low, self.high] if self.choices is None else list(self.choices)
+
+    def to_dict(self) -> dict:
+        if self.choices is not None:
+            return {"choices": [list(c) if isinstance(c, tuple) else c for c in self.choices]}
+        return {"low": self.low, "high": self.high, "log": self.log}
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return f"{self.name} in {{{', '.join(_label(c) for c in self.choices)}}}"
+        return f"{self.name} {self.low:g}..{self.high:g}" + (" (log)" if self.log else "")
+
+
+def default_space(method: str, base: TrainConfig) -> dict[str, Param]:
+    """A network's default space: learning rate, weight decay, label smoothing, epochs and batch size around
+    ``base`` (the recipe), its widths and dropout, and the augmentation magnitudes when augmentation is on."""
+    epochs = base.epochs
+    space = [
+        Param("lr", base.lr / 10, base.lr * 3, log=True),
+        Param("weight_decay", 1e-6, 1e-3, log=True),
+        Param("label_smoothing", 0.0, 0.2),
+        Param("epochs", max(1, epochs // 2), max(2, epochs + epochs // 2)),
+        Param("batch_size", choices=tuple(sorted({64, 128, 256, base.batch_size}))),
+        *(Param(name, choices=choices) for name, choices in DEFAULT_SHAPES[method].items()),
+    ]
+    if base.augment:
+        space += [Param("rotation", 0.0, 15.0), Param("zoom", 0.0, 0.2), Param("shift", 0.0, 0.2)]
+    return {param.name: param for param in space}
+
+
+def read_space(path: str | Path, method: str, base: TrainConfig) -> dict[str, Param]:
+    """The space of a TOML file (one table per setting); raises ValueError naming the file, the setting and
+    the fault. An empty table takes the setting's range from :func:`default_space`."""
+    try:
+        values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the search space ({str(err)[:200]})") from None
+    return parse_space(values, method, base, str(path))
+
+
+def parse_space(values: dict, method: str, base: TrainConfig, where: str = "search space") -> dict[str, Param]:
+    defaults = default_space(method, base)
+    space = {}
+    for name, table in values.items():
+        key = f"{where}: {name}"
+        if name not in FIELD_TYPES:
+            raise ValueError(f"{where}: unknown setting '{name}'; known: {', '.join(FIELD_TYPES)}")
+        if name in NOT_SEARCHED:
+            raise ValueError(f"{key}: cannot be searched ({NOT_SEARCHED[name]})")
+        if not isinstance(table, dict):
+            raise ValueError(f"{key}: expected a table with low and high, or choices; got {table!r}")
+        unknown = sorted(set(table) - {"low", "high", "log", "choices"})
+        if unknown:
+            raise ValueError(f"{key}: unknown key '{unknown[0]}'; expected low, high, log or choices")
+        if not table:
+            if name not in defaults:
+                raise ValueError(f"{key}: an empty table takes the default range, and the {method} network's "
+                                 "default space has none for it; give low and high, or choices")
+            space[name] = defaults[name]
+        else:
+            space[name] = _param(name, table, key)
+    return space
+
+
+def _param(name: str, table: dict, key: str) -> Param:
+    kind = FIELD_TYPES[name]
+    if "choices" in table:
+        if len(table) > 1:
+            raise ValueError(f"{key}: give low and high, or choices, not both")
+        choices = table["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ValueError(f"{key}: choices must be a non-empty list, got {choices!r}")
+        return Param(name, choices=tuple(_typed(choice, kind, f"{key}: each choice") for choice in choices))
+    if kind not in ("int", "float"):
+        raise ValueError(f"{key}: takes choices (a list of {'lists' if kind.startswith('tuple') else 'values'}), "
+                         "not low and high")
+    if "low" not in table or "high" not in table:
+        raise ValueError(f"{key}: give both low and high (or choices)")
+    low, high = (_typed(table[bound], kind, f"{key}: {bound}") for bound in ("low", "high"))
+    log = table.get("log", False)
+    if not isinstance(log, bool):
+        raise ValueError(f"{key}: log must be true or false, got {log!r}")
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{key}: low and high must be finite numbers")
+    if not low < high:
+        raise ValueError(f"{key}: low ({low:g}) must be below high ({high:g})")
+    if log and low <= 0:
+        raise ValueError(f"{key}: log = true needs low above 0, got {low:g}")
+    return Param(name, low, high, log)
+
+
+def check_space(space: dict[str, Param], method: str, base: TrainConfig, where: str = "search space") -> None:
+    """Refuse, before any training, a setting the network does not use, and a range or choice that could not
+    train: each extreme is checked with :meth:`TrainConfig.validate` on top of ``base``."""
+    from .models import NETWORK_OPTIONS
+
+    for name, param in space.items():
+        key = f"{where}: {name}"
+        if name in SHAPE_SETTINGS and name not in NETWORK_OPTIONS[method]:
+            raise ValueError(f"{key}: the {method} network does not use this setting")
+        for value in param.extremes():
+            try:
+                dataclasses.replace(base, **{name: value}).validate()
+            except ValueError as err:
+                raise ValueError(f"{key}: {_label(value)} cannot work: {err}") from None
+
+
+def make_space(method: str, base: TrainConfig, path: str | Path | None = None,
+               fixed: set[str] | frozenset[str] = frozenset()) -> dict[str, Param]:
+    """The space to search: the file's (or the network's default), less the ``fixed`` settings (given as flags
+    or in a config file: not searched), checked. Raises ValueError naming the setting and the fault."""
+    space = read_space(path, method, base) if path is not None else default_space(method, base)
+    check_space(space, method, base, str(path) if path is not None else "default search space")
+    space = {name: param for name, param in space.items() if name not in fixed}
+    if not space:
+        raise ValueError("nothing to search: every setting of the space is fixed by a flag or --config")
+    return space
+
+
+# --- pruning ---------------------------------------------------------------------------------------------------
+
+def best_possible(mean: float, done: int, folds: int) -> float:
+    """The highest mean over ``folds`` folds a trial can still reach after ``done`` folds averaging ``mean``."""
+    return (mean * done + (folds - done)) / folds
+
+
+class CannotBeatBest(optuna.pruners.BasePruner):
+    """Stop a trial after a fold when, even with a perfect score on every remaining fold, its mean could not
+    beat the best finished trial. Never stops a trial that could still win."""
+
+    def __init__(self, folds: int) -> None:
+        self.folds = folds
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step >= self.folds:
+            return False
+        try:
+            best = study.best_value
+        except ValueError:  # no finished trial yet
+            return False
+        return best_possible(trial.intermediate_values[step], step, self.folds) <= best
+
+
+# --- the search ------------------------------------------------------------------------------------------------
+
+def tune(
+    digits: Digits, out: str | Path, method: str, base: TrainConfig, space: dict[str, Param], trials: int = 20,
+    folds: int = 3, timeout: float | None = None, executor: Executor | None = None, progress: bool = True,
+    overwrite: bool = False, data_dir: str | Path | None = None,
+) -> dict:
+    """Add ``trials`` trials (fewer if ``timeout`` seconds pass first) to the study in ``out`` and write its
+    outputs; returns a summary with the best trial and the command that trains its settings.
+
+    ``base`` holds the settings not searched (the recipe, flags, a config file); ``space`` what is searched
+    (:func:`make_space`). ``data_dir`` only goes into the command line written for the best trial.
+    """
+    if not check_method(method).network:
+        raise ValueError(f"tune searches a network's settings; '{method}' is not a network")
+    if trials < 1:
+        raise ValueError("trials must be at least 1")
+    base.validate()
+    check_split(digits.labels, folds, base.val_fraction)
+    pairs = split_indices(digits.labels, folds, base.val_fraction, base.seed)  # every trial's folds
+    run_dir = RunDir(out)
+    run_dir.start(manifest("tune", [], method=method, train=base, folds=folds,
+                           space={name: param.to_dict() for name, param in space.items()}, data=digest(digits)),
+                  overwrite)
+    executor = executor or InProcess(base.device)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(storage=run_dir.study_storage(), study_name=STUDY_NAME, direction="maximize",
+                                    pruner=CannotBeatBest(folds), load_if_exists=True)
+        search = _Search(study, digits, run_dir, executor, method, base, space, pairs, progress)
+        search.run(trials, timeout)
+        return _write_outputs(study, run_dir, method, space, folds, data_dir)
+
+
+@dataclass
+class _Trial:
+    """A trial under way: its settings, its jobs, and its finished folds."""
+
+    trial: optuna.Trial
+    cfg: TrainConfig
+    jobs: list[Job]
+    fold_of: dict[str, int]
+    folds: dict[int, dict]
+    started: float = field(default_factory=time.monotonic)
+    told: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+class _Search:
+    def __init__(self, study: optuna.Study, digits: Digits, run_dir: RunDir, executor: Executor, method: str,
+                 base: TrainConfig, space: dict[str, Param], pairs: list, progress: bool) -> None:
+        self.study, self.digits, self.run_dir, self.executor = study, digits, run_dir, executor
+        self.method, self.base, self.space, self.pairs, self.progress = method, base, space, pairs, progress
+        self.n_folds = len(pairs)
+        self.width = _trials_at_once(executor, self.n_folds)
+        earlier = len(study.trials)
+        # Seeded by the study's size: reproducible, and a resumed search does not draw its first trials again.
+        study.sampler = optuna.samplers.TPESampler(seed=base.seed + earlier, constant_liar=True)
+        retried = self._retry_interrupted()
+        if progress:
+            note = f"; {earlier} trials already in {run_dir.path / STUDY_FILE}" if earlier else ""
+            note += f", {retried} interrupted, tried again first" if retried else ""
+            note += f"; {self.width} trials at a time" if self.width > 1 else ""
+            tqdm.write(f"tuning {method}: {len(digits):,} digits, {self.n_folds} folds per trial, searching "
+                       f"{', '.join(param.describe() for param in space.values())}{note}", file=sys.stderr)
+
+    def _retry_interrupted(self) -> int:
+        """Mark the trials a stopped search left running as failed, and queue their settings to be tried again,
+        with the folds they finished."""
+        stale = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        for trial in stale:
+            self.study.tell(trial.number, state=TrialState.FAIL)
+            self.study.enqueue_trial(trial.params, user_attrs={
+                "retry_of": trial.user_attrs.get("retry_of", trial.number), "folds": trial.user_attrs.get("folds", {})})
+        return len(stale)
+
+    # --- driving ---
+
+    def run(self, trials: int, timeout: float | None) -> None:
+        self.total, self.started, self.asked, self.done = trials, time.monotonic(), 0, 0
+        self.deadline = None if timeout is None else self.started + timeout
+        self.bar = tqdm(total=trials, desc="trials", unit="trial", file=sys.stderr,
+                        disable=not (self.progress and sys.stderr.isatty()))
+        try:
+            if self.width == 1:
+                self._run_here()
+            else:
+                self._run_parallel()
+        finally:
+            self.bar.close()
+        if self.progress and self.done < trials:
+            tqdm.write(f"time budget spent after {self.done} of {trials} trials", file=sys.stderr)
+
+    def _more(self) -> bool:
+        return self.asked < self.total and (self.deadline is None or time.monotonic() < self.deadline)
+
+    def _run_here(self) -> None:
+        """One trial after another, each fold in turn; a pruned trial stops between folds."""
+        while self._more():
+            t = self._ask()
+            if t.jobs and not t.told:
+                results = self.executor(t.jobs, self.digits, None, self.run_dir, False)
+                try:
+                    for result in results:
+                        if self._on_result(t, result):
+                            break
+                except TrainingDiverged as err:
+                    self._fail(t, err)
+                finally:
+                    results.close()
+            self._finish(t)
+
+    def _run_parallel(self) -> None:
+        """Several trials at once, each trial's folds run by the executor in a thread of its own; the study is
+        asked and told only here, as results arrive."""
+        events: queue.Queue = queue.Queue()
+        running: dict[int, _Trial] = {}
+        try:
+            while True:
+                while len(running) < self.width and self._more():
+                    t = self._ask()
+                    running[t.trial.number] = t
+                    threading.Thread(target=_work, args=(self.executor, t, self.digits, self.run_dir, events),
+                                     daemon=True).start()
+                if not running:
+                    return
+                number, item = events.get()
+                t = running[number]
+                if item is None:  # its thread has ended
+                    del running[number]
+                    self._finish(t)
+                elif t.told:  # a pruned trial's last fold: its outcome no longer counts
+                    continue
+                elif isinstance(item, TrainingDiverged):
+                    self._fail(t, item)
+                elif isinstance(item, BaseException):
+                    raise item
+                elif self._on_result(t, item):
+                    t.stop.set()
+        finally:
+            for t in running.values():
+                t.stop.set()
+
+    # --- one trial ---
+
+    def _ask(self) -> _Trial:
+        self.asked += 1
+        trial = self.study.ask()
+        params = {name: param.suggest(trial) for name, param in self.space.items()}
+        cfg = TrainConfig.from_dict({**self.base.to_dict(), **params})
+        cfg.validate()
+        trial.set_user_attr("config", _settings(cfg))
+        origin = trial.user_attrs.get("retry_of", trial.number)  # a retried trial resumes the original's folds
+        jobs = fold_jobs(f"trial{origin}", self.method, cfg, self.pairs)
+        finished = {int(k): v for k, v in trial.user_attrs.get("folds", {}).items()}
+        t = _Trial(trial, cfg, [job for k, job in enumerate(jobs) if k not in finished],
+                   {job.name: k for k, job in enumerate(jobs)}, finished)
+        for step in range(1, len(finished) + 1):
+            trial.report(float(np.mean([f["accuracy"] for f in list(finished.values())[:step]])), step)
+        if finished and len(finished) < self.n_folds and trial.should_prune():
+            self._prune(t)
+        return t
+
+    def _on_result(self, t: _Trial, result: JobResult) -> bool:
+        """Record a finished fold; True when the trial is pruned."""
+        t.folds[t.fold_of[result.job.name]] = {"accuracy": float(result.accuracy), "seconds": round(result.seconds, 1),
+                                               "where": result.where}
+        t.trial.set_user_attr("folds", {str(k): fold for k, fold in t.folds.items()})
+        self.run_dir.drop_checkpoint(result.job.name)
+        t.trial.report(self._mean(t), len(t.folds))
+        if len(t.folds) < self.n_folds and t.trial.should_prune():
+            self._prune(t)
+            return True
+        return False
+
+    def _finish(self, t: _Trial) -> None:
+        if t.told:
+            return
+        self.study.tell(t.trial, self._mean(t))
+        self._told(t, f"accuracy {self._mean(t):.4f}")
+
+    def _prune(self, t: _Trial) -> None:
+        self.study.tell(t.trial, state=TrialState.PRUNED)
+        self._told(t, f"pruned after {len(t.folds)} of {self.n_folds} folds at {self._mean(t):.4f}")
+
+    def _fail(self, t: _Trial, err: Exception) -> None:
+        message = str(err).splitlines()[0][:200]
+        t.trial.set_user_attr("error", message)
+        self.study.tell(t.trial, state=TrialState.FAIL)
+        self._told(t, f"failed ({message})")
+
+    def _told(self, t: _Trial, outcome: str) -> None:
+        t.told = True
+        self.done += 1
+        self.bar.update()
+        try:
+            best = f"best {self.study.best_value:.4f}"
+        except ValueError:
+            best = "no finished trial yet"
+        self.bar.set_postfix_str(best, refresh=False)
+        if self.progress:
+            now = time.monotonic()
+            left = (now - self.started) / self.done * (self.total - self.done)
+            if self.deadline is not None:
+                left = min(left, max(0.0, self.deadline - now))
+            eta = f", ETA {_duration(left)}" if self.done < self.total and left > 0 else ""
+            tqdm.write(f"trial {self.done}/{self.total}: {outcome} ({best}), {now - t.started:.0f}s{eta}",
+                       file=sys.stderr)
+
+    def _mean(self, t: _Trial) -> float:
+        return float(np.mean([fold["accuracy"] for fold in t.folds.values()]))
+
+
+def _work(executor: Executor, t: _Trial, digits: Digits, run_dir: RunDir, events: queue.Queue) -> None:
+    """A trial's folds, in a thread: each result (or the error that ended them) goes to ``events``, then None."""
+    try:
+        if t.jobs and not t.told:
+            results = executor(t.jobs, digits, None, run_dir, False)
+            try:
+                for result in results:
+                    events.put((t.trial.number, result))
+                    if t.stop.is_set():  # pruned: the executor cancels the remaining folds
+                        break
+            finally:
+                results.close()
+    except Exception as err:
+        events.put((t.trial.number, err))
+    events.put((t.trial.number, None))
+
+
+def _trials_at_once(executor: Executor, folds: int) -> int:
+    """As many trials as the cluster has room for all their folds (at least one); one in this process."""
+    slots = getattr(executor, "slots", None)
+    return 1 if slots is None else max(1, math.ceil(slots() / folds))
+
+
+# --- outputs ---------------------------------------------------------------------------------------------------
+
+def _write_outputs(study: optuna.Study, run_dir: RunDir, method: str, space: dict[str, Param], folds: int,
+                   data_dir: str | Path | None) -> dict:
+    """``trials.csv``, the figures, ``best.toml`` and ``best_command.txt``, from every trial of the study."""
+    trials = study.get_trials(deepcopy=False)
+    run_dir.write_table(trials_table(trials, space), TRIALS_TABLE)
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    _write_figures(study, run_dir, len(finished))
+    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    if not finished:
+        raise TrainingDiverged(f"no trial of the search finished ({counts['fail']} failed: see "
+                               f"{run_dir.path / TRIALS_TABLE}); narrow the space (a lower learning rate?)")
+    best = study.best_trial
+    command = ["digit-recognizer", "run", "--model", method, "--config", str(run_dir.path / BEST_CONFIG)]
+    if data_dir is not None:
+        command += ["--data-dir", str(data_dir)]
+    command = shlex.join(command)
+    run_dir.write_text(best_toml(best.user_attrs["config"], [
+        f"The best of {len(finished)} finished trials in {STUDY_FILE} (trial {best.number}): {OBJECTIVE} "
+        f"{best.value:.4f} over {folds} folds, model {method}.", f"Train it: {command}"]), BEST_CONFIG)
+    run_dir.write_text(command + "\n", BEST_COMMAND)
+    return {"trials": len(trials), **counts, "best_trial": best.number, "best_accuracy": best.value,
+            "folds": folds, "best_config": str(run_dir.path / BEST_CONFIG), "command": command}
+
+
+def trials_table(trials: list[FrozenTrial], space: dict[str, Param]) -> pd.DataFrame:
+    """One row per trial: its number, state, accuracy (the mean over the folds it finished), wall seconds,
+    folds finished, the searched settings, and why it failed."""
+    rows = []
+    for trial in trials:
+        scores = [fold["accuracy"] for fold in trial.user_attrs.get("folds", {}).values()]
+        ended = trial.datetime_complete is not None and trial.datetime_start is not None
+        rows.append({
+            "number": trial.number,
+            "state": trial.state.name.lower(),
+            "accuracy": trial.value if trial.value is not None else (float(np.mean(scores)) if scores else None),
+            "seconds": round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1) if ended else None,
+            "folds_done": len(scores),
+            **{name: trial.params.get(name) for name in space},
+            "error": trial.user_attrs.get("error", "interrupted" if trial.state == TrialState.FAIL else ""),
+        })
+    return pd.DataFrame(rows, columns=["number", "state", "accuracy", "seconds", "folds_done", *space, "error"])
+
+
+def _write_figures(study: optuna.Study, run_dir: RunDir, finished: int) -> None:
+    """Optuna's history of the objective and parameter importances (matplotlib)."""
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental API; "too few trials" notes
+        ax = plot_optimization_history(study, target_name=OBJECTIVE)
+        ax.set_title(f"Search history: {OBJECTIVE} per trial")  # replaces Optuna's title
+        run_dir.write_figure(ax.figure, SEARCH_HISTORY_FIGURE)
+        if finished >= 2:
+            ax = plot_param_importances(study, target_name=OBJECTIVE)
+            ax.set_title(f"Parameter importances for the {OBJECTIVE} ({finished} finished trials)", loc="left")
+            figure = ax.figure
+        else:
+            figure, ax = plt.subplots(figsize=(6.4, 2))
+            ax.axis("off")
+            ax.text(0.5, 0.5, f"Parameter importances need 2 finished trials ({finished} so far)",
+                    ha="center", va="center")
+        run_dir.write_figure(figure, SEARCH_IMPORTANCES_FIGURE)
+
+
+def best_toml(settings: dict, comments: list[str]) -> str:
+    """Settings as a TOML file that ``run --config`` reads as is, under comment lines."""
+    lines = [f"# {comment}" for comment in comments]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)  # the shortest exact form, valid TOML (1e-05, 0.1, 12)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _settings(cfg: TrainConfig) -> dict:
+    """A trial's settings as plain values, without the device (hardware, not a result)."""
+    values = json.loads(json.dumps(cfg.to_dict()))
+    del values["device"]
+    return values
+
+
+def _label(value: object) -> str:
+    """A setting's value as shown in tables and messages; a list as "16,32,64"."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f}m"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours}h{minutes:02d}m"
