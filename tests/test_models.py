@@ -75,3 +75,41 @@ def test_predictions_do_not_depend_on_the_batch_size():
     images = torch.randint(0, 256, (300, 784), dtype=torch.uint8).numpy()
     np.testing.assert_allclose(predict_proba(network, images), predict_proba(network, images, batch_size=7),
                                atol=1e-5)
+
+
+def test_weight_averaging_recomputes_batchnorm_statistics_for_the_averaged_weights(embedded):
+    """With ``ema``, the returned network has the averaged weights, and each BatchNorm layer's running
+    statistics are those of its inputs under those weights (on the recalibration images), not the trained
+    network's."""
+    from digit_recognizer.data import Digits
+    from digit_recognizer.models import to_input
+    from digit_recognizer.train import fit
+
+    train = Digits(embedded[0].images[:512], embedded[0].labels[:512])
+    cfg = TrainConfig(filters=(4, 8, 8), dense=16, epochs=2, batch_size=64, optimizer="sgd", lr=0.05,
+                      schedule="onecycle", ema=0.9)
+    network, _ = fit("fast", cfg, train, train, torch.device("cpu"), progress=False)
+    plain, _ = fit("fast", TrainConfig(**{**cfg.to_dict(), "ema": 0.0}), train, train, torch.device("cpu"),
+                   progress=False)
+    assert not torch.equal(network.features[0].weight, plain.features[0].weight)  # the average differs
+
+    inputs = {}
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    stats = {m: (m.running_mean.clone(), m.running_var.clone()) for m in norms}  # the forward below moves them
+
+    def keep_input(module, args, output) -> None:
+        inputs[module] = args[0].clone()  # a copy: the ReLU after the BatchNorm works in place
+
+    hooks = [m.register_forward_hook(keep_input) for m in norms]
+    network.train()
+    with torch.no_grad():
+        network(to_input(torch.from_numpy(train.images)).contiguous(memory_format=torch.channels_last))
+    network.eval()
+    for hook in hooks:
+        hook.remove()
+    for norm in norms:  # the statistics of the averaged network's own activations
+        x, (mean, var) = inputs[norm], stats[norm]
+        # Recalibration runs two batches of 256, this one batch of 512: the layers after the first see inputs
+        # normalised by slightly different batch statistics, hence close rather than equal.
+        torch.testing.assert_close(mean, x.mean(dim=(0, 2, 3)), atol=2e-3, rtol=1e-2)
+        torch.testing.assert_close(var, x.var(dim=(0, 2, 3)), atol=1e-3, rtol=0.05)

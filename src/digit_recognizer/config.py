@@ -36,6 +36,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
+    # Exponential moving average of the weights, decay per step (0: off); BatchNorm statistics recomputed for it
+    ema: float = 0.0
     # "plateau": multiply lr by lr_factor when val accuracy stalls for lr_patience epochs (floor min_lr);
     # "onecycle": warm up to lr over the first quarter of the steps, then anneal to ~0.
     schedule: str = "plateau"
@@ -80,6 +82,7 @@ class TrainConfig:
             (finite(self.lr) and self.lr > 0, "lr must be a finite number above 0"),
             (finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay must be a finite number >= 0"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (0 <= self.ema < 1, "ema must be in [0, 1): the averaging's decay per step, 0 for none"),
             (self.optimizer in OPTIMIZER_NAMES, f"optimizer must be one of {', '.join(OPTIMIZER_NAMES)}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (0 < self.lr_factor < 1, "lr_factor must be between 0 and 1"),

@@ -43,6 +43,7 @@ class Job:
     schedule_on_scored: bool = False
     keep_model: bool = True    # write the fitted model (a comparison keeps only the probabilities)
     predict_test: bool = False  # also return probabilities for the test digits
+    heldout_tta: bool = False  # also score the held-out rows with test-time augmentation (ensembles report it)
 
 
 @dataclass
@@ -85,7 +86,8 @@ def train_job(job: Job, digits: Digits, test: Digits | None = None, device: str 
     test_proba = estimator_proba(estimator, test.images) if job.predict_test and test is not None else None
     proba_tta = history = None
     if isinstance(estimator, NetClassifier):
-        proba_tta = predict_proba(estimator.network_, scored.images, device=device, tta=True)
+        if job.heldout_tta:
+            proba_tta = predict_proba(estimator.network_, scored.images, device=device, tta=True)
         history = estimator.history_
         estimator.network_.cpu()  # results travel (and are saved) from the CPU
     return JobResult(job, estimator if job.keep_model else None, history, accuracy(proba, scored.labels), proba,
@@ -133,7 +135,7 @@ def ensemble_jobs(method: str, cfg: TrainConfig, labels: np.ndarray, members: in
     check_split(labels, folds, cfg.val_fraction)
     pairs = split_indices(labels, folds, cfg.val_fraction, cfg.seed)
     return [Job(member_name(m, k if folds > 1 else None), method,
-                dataclasses.replace(cfg, seed=cfg.seed + 1000 * (m + 1)), train_rows, scored_rows)
+                dataclasses.replace(cfg, seed=cfg.seed + 1000 * (m + 1)), train_rows, scored_rows, heldout_tta=True)
             for m in range(members) for k, (train_rows, scored_rows) in enumerate(pairs)]
 
 

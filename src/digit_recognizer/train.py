@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm.auto import tqdm
 
 from .augment import random_affine
@@ -90,11 +91,15 @@ def fit(
             optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
         )
     use_amp = device.type == "cuda"
+    # An exponential moving average of the weights (BatchNorm statistics are recomputed for it at the end).
+    averaged = AveragedModel(network, avg_fn=_ema_with_warmup(cfg.ema)) if cfg.ema else None
 
     history: list[dict] = []
     saved = checkpoint.load() if checkpoint else None
     if saved:
         network.load_state_dict(saved["network"])
+        if averaged is not None:
+            averaged.load_state_dict(saved["averaged"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         generator.set_state(saved["generator"])
@@ -135,6 +140,8 @@ def fit(
             optimizer.step()
             if cfg.schedule == "onecycle":
                 scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(network)
 
             loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(1) == y).sum()
@@ -173,9 +180,32 @@ def fit(
                      "torch_rng": torch.get_rng_state(), "history": history}
             if device.type == "cuda":
                 state["cuda_rng"] = torch.cuda.get_rng_state(device)
+            if averaged is not None:
+                state["averaged"] = averaged.state_dict()
             checkpoint.save(state)
+    if averaged is not None:
+        network = averaged.module
+        recalibrate_batchnorm(network, x_all)
     network.eval()
     return network, history
+
+
+def _ema_with_warmup(decay: float):
+    """The average's update: decay ``min(decay, (1 + n) / (10 + n))`` after n updates, so that the first
+    weights, still random, weigh little (An et al. 2020)."""
+    def update(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
+        d = min(decay, (1 + int(n)) / (10 + int(n)))
+        return averaged * d + current * (1 - d)
+    return update
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(network: nn.Module, pixels: torch.Tensor, limit: int = 8192, batch_size: int = 256) -> None:
+    """Recompute every BatchNorm layer's statistics for the network's present weights, from up to ``limit``
+    training images (un-augmented): averaged weights need statistics of their own."""
+    batches = [to_input(pixels[i:i + batch_size]).contiguous(memory_format=torch.channels_last)
+               for i in range(0, min(len(pixels), limit), batch_size)]
+    update_bn(batches, network)
 
 
 def _check_finite(loss_sum: float, epoch: int, batch: int, label: str) -> None:
