@@ -88,7 +88,8 @@ def test_train_command_with_config_file_and_flag_override(small_data_dir, tmp_pa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--epochs", "0"], "epochs must be at least 1"),
+    (["--epochs", "0"], "epochs must be in 1 .. 10000"),
+    (["--epochs", "99999999999999999999999"], "epochs must be in 1 .. 10000"),
     (["--filters", "8,x"], "comma-separated"),
     (["--optimizer", "sgdx"], "optimizer must be one of"),
     (["--val-fraction", "1.5"], "val_fraction"),

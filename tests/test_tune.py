@@ -108,7 +108,7 @@ def test_running_again_grows_the_study_and_another_model_is_refused(searched, sm
     ("[lr]\nlow = 0.0\nhigh = 0.1\nlog = true\n", "lr: log = true needs low above 0"),
     ("[lr]\nlow = 0.01\n", "lr: give both low and high"),
     ("[lr]\nlow = 0.01\nhigh = 0.1\nstep = 0.01\n", "lr: unknown key 'step'"),
-    ("[epochs]\nlow = 0\nhigh = 3\n", "epochs: 0 cannot work: epochs must be at least 1"),
+    ("[epochs]\nlow = 0\nhigh = 3\n", "epochs: 0 cannot work: epochs must be in 1 .. 10000"),
     ("[epochs]\nlow = 1.5\nhigh = 3\n", "epochs: low must be a whole number"),
     ("[batch_size]\nchoices = []\n", "batch_size: choices must be a non-empty list"),
     ("[filters]\nchoices = [[4, 8]]\n", "filters: 4,8 cannot work"),

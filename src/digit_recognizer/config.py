@@ -77,8 +77,8 @@ class TrainConfig:
             return math.isfinite(x)
 
         checks = [
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (self.batch_size >= 2, "batch_size must be at least 2 (BatchNorm needs two images)"),
+            (1 <= self.epochs <= 10_000, "epochs must be in 1 .. 10000"),
+            (2 <= self.batch_size <= 65_536, "batch_size must be in 2 .. 65536 (BatchNorm needs two images)"),
             (finite(self.lr) and self.lr > 0, "lr must be a finite number above 0"),
             (finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay must be a finite number >= 0"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
@@ -86,7 +86,7 @@ class TrainConfig:
             (self.optimizer in OPTIMIZER_NAMES, f"optimizer must be one of {', '.join(OPTIMIZER_NAMES)}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (0 < self.lr_factor < 1, "lr_factor must be between 0 and 1"),
-            (self.lr_patience >= 0, "lr_patience must be >= 0"),
+            (0 <= self.lr_patience <= 10_000, "lr_patience must be in 0 .. 10000"),
             (finite(self.min_lr) and self.min_lr >= 0, "min_lr must be a finite number >= 0"),
             (0 < self.val_fraction < 1, "val_fraction must be between 0 and 1"),
             (0 <= self.seed < 2**31, "seed must be in 0 .. 2^31 - 1"),
