@@ -1,4 +1,5 @@
-"""A real browser draws a 3 on the page's canvas with the mouse and reads the prediction the page shows."""
+"""A real browser draws a 3 on the page's canvas with the mouse and reads the prediction the page shows, and
+follows the page's link to the run's report.html."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import uvicorn
 
 from digit_recognizer.predict import TorchPredictor
+from digit_recognizer.rundir import RunDir
 from digit_recognizer.serve import create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -25,7 +27,8 @@ def free_port() -> int:
 @pytest.fixture
 def server(served_run):
     port = free_port()
-    config = uvicorn.Config(create_app(TorchPredictor(served_run)), host="127.0.0.1", port=port, log_level="warning")
+    app = create_app(TorchPredictor(served_run), report=RunDir(served_run).read_report())
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -43,16 +46,17 @@ THREE = [(95, 70), (125, 52), (165, 52), (190, 75), (188, 105), (165, 128), (135
          (170, 148), (195, 175), (192, 210), (165, 232), (125, 235), (92, 215)]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package 'chromium')")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package 'chromium')")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+
+
+@needs_chromium
 def test_draw_a_three_and_read_the_prediction(server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run", "--disable-sync"],
-        )
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             page.goto(server)
@@ -68,5 +72,42 @@ def test_draw_a_three_and_read_the_prediction(server):
             assert page.locator("#bars .bar").count() == 10
             page.click("#clear")
             assert page.locator("#digit").inner_text().strip() == "\u2013"  # the page shows a dash when empty
+        finally:
+            browser.close()
+
+
+@needs_chromium
+def test_the_report_renders_with_every_figure(server, served_run):
+    """From the page, the link to the report; the report shows its three figures (decoded from the page itself)
+    and asks for nothing else: no other request, and no console error (the served page forbids loading
+    anything, so a reference elsewhere would be one)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            requests, problems = [], []
+            page.on("request", lambda request: requests.append(request.url))
+            page.on("console", lambda message: problems.append(message.text) if message.type == "error"
+                    and not message.location.get("url", "").endswith("/favicon.ico") else None)  # the page has none
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.goto(server)
+            requests.clear()
+            page.click("a[href='/report']")
+            page.wait_for_load_state("load")
+            assert page.url == f"{server}/report"
+            assert page.locator("h1").inner_text().startswith("fast:")
+            images = page.locator("img")
+            assert images.count() == 3
+            sizes = images.evaluate_all("imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+            assert all(complete and width > 200 and height > 200 for complete, width, height in sizes), sizes
+            assert page.locator("#per-class tr").count() == 11  # a header and one row per digit
+            assert [url for url in requests if not url.startswith("data:")] == [f"{server}/report"]
+            assert problems == []
+            # The same file opened straight from the run directory renders the same figures.
+            page.goto((served_run / "report.html").as_uri())
+            page.wait_for_load_state("load")
+            assert page.locator("img").evaluate_all("imgs => imgs.every(i => i.naturalWidth > 200)")
         finally:
             browser.close()

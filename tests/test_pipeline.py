@@ -215,3 +215,16 @@ def test_the_accuracy_axis_shows_the_last_tenths_of_a_percent():
     figure = plot_curves(history)
     low, high = figure.axes[1].get_ylim()
     assert 0.97 < low < 0.985 and 0.996 <= high <= 1.0
+
+
+@pytest.mark.parametrize("target", ["a directory", "under a file"])
+def test_output_files_are_checked_before_any_work(small_data_dir, tmp_path, capsys, target):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    out = tmp_path / ("folder" if target == "a directory" else "file/x")
+    code = main(["predict", "--model", str(tmp_path / "absent-run"), "--test", str(small_data_dir / "test.csv"),
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and str(out) in err and len(err.strip().splitlines()) == 1, err  # before the model is read
+    assert main(["export", "--model", str(tmp_path / "absent-run"), "--onnx", str(out)]) == 2
+    assert str(out) in capsys.readouterr().err

@@ -22,6 +22,8 @@ from . import __version__
 from .config import METHOD_NAMES, METHODS, PRESETS, TrainConfig, method_config, preset
 from .data import DataError, find_csv, load_embedded, read_test, read_train, write_csv
 from .errors import TrainingDiverged
+from .files import check_writable
+from .kaggle import KaggleError
 from .predict import write_submission
 from .rundir import RunDir, RunDirError
 
@@ -169,12 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path,
                    help="folder with train.csv(.gz) and test.csv(.gz); default: the embedded 5,000 MNIST digits")
     p.add_argument("--tta", action="store_true", help="test-time augmentation for the submission")
+    p.add_argument("--submit", metavar="MESSAGE",
+                   help="submit submission.csv to the Kaggle competition at the end, with this description (checked "
+                        "first; needs the kaggle extra, credentials and Kaggle's 28,000 test images)")
     _add_output_flags(p, "run")
+    _add_tensorboard_flag(p)
     _add_config_flags(p)
 
     p = sub.add_parser("train", help="train and report, without predicting a test set")
     p.add_argument("--train", type=Path, help="Kaggle train.csv(.gz); default: the embedded digits")
     _add_output_flags(p, "run")
+    _add_tensorboard_flag(p)
     _add_config_flags(p)
 
     p = sub.add_parser("predict", help="write a submission for a test file with a trained run")
@@ -234,7 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample-data", help="write the embedded digits as Kaggle-style train.csv and test.csv")
     p.add_argument("--out", type=Path, required=True, help="folder to write them into")
+
+    p = sub.add_parser("kaggle", help="download the competition's files, or submit a file (the kaggle extra)")
+    kaggle = p.add_subparsers(dest="kaggle_command", required=True, parser_class=Parser)
+    k = kaggle.add_parser("download", help="download the competition's files into a folder that run --data-dir reads")
+    k.add_argument("--out", type=Path, default=Path("data"), help="folder to unpack them into (default: data)")
+    k = kaggle.add_parser("submit", help="check a submission file as the leaderboard would, then submit it")
+    k.add_argument("file", type=Path, help="submission CSV (ImageId,Label; 28,000 rows)")
+    k.add_argument("-m", "--message", required=True, help="the submission's description on Kaggle")
     return parser
+
+
+def _add_tensorboard_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also log per-epoch scalars, figures and settings to OUT/tensorboard/ "
+                             "(the tensorboard extra); changes no result")
 
 
 def _say(quiet: bool, message: str) -> None:
@@ -262,6 +283,11 @@ def _training_command(args: argparse.Namespace) -> tuple[TrainConfig, RunDir]:
     """Everything a training command checks before reading data: settings, output directory."""
     apply_preset(args)
     cfg = config_from_args(args)
+    if args.tensorboard:
+        from .report import tensorboard_missing
+
+        if tensorboard_missing():
+            raise UsageError(tensorboard_missing())
     run_dir = RunDir(args.out)
     run_dir.check_writable()
     return cfg, run_dir
@@ -278,13 +304,32 @@ def cmd_run(args: argparse.Namespace) -> None:
         test = read_test(find_csv(args.data_dir, "test"))
         source = str(args.data_dir)
     _say(args.quiet, f"{PROG}: {len(train):,} training and {len(test):,} test images from {source}")
+    api = _kaggle_before_training(args.submit, len(test)) if args.submit is not None else None
     from .pipeline import run
 
     executor = _executor(args, cfg.device)
     with _closing(executor):
         metrics = run(train, test, args.out, args.model, cfg, not args.quiet, args.members, args.folds, args.tta,
-                      args.overwrite, executor)
+                      args.overwrite, executor, args.tensorboard)
     _report(metrics, args.out, with_submission=True)
+    if api is not None:
+        from .kaggle import submit
+        from .rundir import SUBMISSION_FILE
+
+        answer = submit(args.out / SUBMISSION_FILE, args.submit, api)  # checks the file first
+        print(f"{PROG}: submitted {args.out / SUBMISSION_FILE} to Kaggle: {answer}", file=sys.stderr)
+
+
+def _kaggle_before_training(message: str, test_rows: int) -> object:
+    """What ``run --submit`` can check before an hour of training: a message, Kaggle's test set, credentials."""
+    from .kaggle import TEST_ROWS, connect
+
+    if not message.strip():
+        raise UsageError("--submit needs a description of the submission, e.g. --submit 'fast preset, 15 epochs'")
+    if test_rows != TEST_ROWS:
+        raise UsageError(f"--submit: the test set has {test_rows:,} images, but the leaderboard scores Kaggle's "
+                         f"{TEST_ROWS:,}; give --data-dir the competition's files (digit-recognizer kaggle download)")
+    return connect()
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -295,7 +340,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     executor = _executor(args, cfg.device)
     with _closing(executor):
         metrics = train_run(train, args.out, args.model, cfg, not args.quiet, args.members, args.folds,
-                            args.overwrite, executor)
+                            args.overwrite, executor, args.tensorboard)
     _report(metrics, args.out, with_submission=False)
 
 
@@ -307,9 +352,17 @@ def _closing(executor: object):
     return contextlib.closing(executor) if close else contextlib.nullcontext()
 
 
+def _check_output_file(path: Path) -> None:
+    try:
+        check_writable(path)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     if args.onnx is not None and args.tta:
         raise UsageError("--tta works with --model (PyTorch); an ONNX file predicts each image once")
+    _check_output_file(args.out)
     test = read_test(args.test)
     if args.onnx is not None:
         from .predict import OnnxPredictor
@@ -414,6 +467,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise UsageError(f"{args.onnx}: file not found")
     try:
         predictor = OnnxPredictor(args.onnx) if args.onnx else TorchPredictor(args.model)
+        report = RunDir(args.model).read_report() if args.model else None
     except (ValueError, RuntimeError) as err:
         raise UsageError(str(err).splitlines()[0]) from None
     import socket
@@ -423,14 +477,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
         socket.create_server((args.host.strip("[]"), args.port), family=family).close()
     except (OSError, OverflowError) as err:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {getattr(err, 'strerror', None) or err}") from None
-    print(f"{PROG}: serving {predictor.name} ({predictor.backend}) on http://{args.host}:{args.port}/",
-          file=sys.stderr)
-    serve(predictor, args.host, args.port)
+    print(f"{PROG}: serving {predictor.name} ({predictor.backend}) on http://{args.host}:{args.port}/"
+          + (f" (its report: http://{args.host}:{args.port}/report)" if report else ""), file=sys.stderr)
+    serve(predictor, args.host, args.port, report)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from .predict import export_onnx
 
+    _check_output_file(args.onnx)
     try:
         export_onnx(args.model, args.onnx)
     except ValueError as err:
@@ -445,6 +500,22 @@ def cmd_sample_data(args: argparse.Namespace) -> None:
     write_csv(test, args.out / "test.csv")
     print(f"{PROG}: wrote {args.out / 'train.csv'} ({len(train):,} rows) and "
           f"{args.out / 'test.csv'} ({len(test):,} rows)", file=sys.stderr)
+
+
+def cmd_kaggle(args: argparse.Namespace) -> None:
+    from . import kaggle
+
+    if args.kaggle_command == "download":
+        RunDir(args.out).check_writable()
+        written = kaggle.download(args.out)
+        train, test = read_train(find_csv(args.out, "train")), read_test(find_csv(args.out, "test"))
+        print(f"{PROG}: wrote {', '.join(path.name for path in written)} to {args.out} ({len(train):,} training and "
+              f"{len(test):,} test images); train on them with: {PROG} run --data-dir {args.out}", file=sys.stderr)
+    else:
+        if not args.message.strip():
+            raise UsageError("-m needs a description of the submission")
+        answer = kaggle.submit(args.file, args.message)  # checks the file before anything is sent
+        print(f"{PROG}: submitted {args.file} to Kaggle: {answer}", file=sys.stderr)
 
 
 def _report(metrics: dict, out: Path, with_submission: bool) -> None:
@@ -469,14 +540,15 @@ def _report(metrics: dict, out: Path, with_submission: bool) -> None:
 
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "predict": cmd_predict, "compare": cmd_compare,
-            "serve": cmd_serve, "export": cmd_export, "sample-data": cmd_sample_data, "tune": cmd_tune}
+            "serve": cmd_serve, "export": cmd_export, "sample-data": cmd_sample_data, "tune": cmd_tune,
+            "kaggle": cmd_kaggle}
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         COMMANDS[args.command](args)
-    except (UsageError, DataError, RunDirError, FileNotFoundError) as err:
+    except (UsageError, DataError, RunDirError, FileNotFoundError, KaggleError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:

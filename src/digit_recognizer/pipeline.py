@@ -20,7 +20,8 @@ from .config import TrainConfig, check_method, method_config
 from .data import Digits
 from .evaluate import accuracy, confident_errors, log_loss
 from .jobs import Executor, InProcess, compare_jobs, ensemble_jobs, run_jobs, single_job
-from .plots import plot_comparison, plot_confusion, plot_curves, plot_errors
+from .plots import plot_comparison, plot_confusion, plot_curves, plot_errors, plot_member_curves
+from .report import render_report, tensorboard_missing
 from .rundir import (
     COMPARISON_FIGURE,
     COMPARISON_TABLE,
@@ -38,15 +39,20 @@ from .rundir import (
 def train_run(
     digits: Digits, out: str, method: str = "cnn", cfg: TrainConfig | None = None, progress: bool = True,
     members: int = 1, folds: int = 1, overwrite: bool = False, executor: Executor | None = None,
+    tensorboard: bool = False,
 ) -> dict:
     """Train ``method`` into the run directory ``out`` and report; returns the metrics (also ``metrics.json``).
 
     ``cfg`` is the method's training config (default: its recipe; a classic method uses only the split
     settings). ``members`` > 1 or ``folds`` > 1 train an ensemble of networks. ``executor`` runs the jobs
-    (default: one after another in this process, on ``cfg.device``).
+    (default: one after another in this process, on ``cfg.device``). ``tensorboard`` also logs each job, and
+    the run, to TensorBoard under ``out/tensorboard/`` (it changes no result: a run resumes with or without it).
+    ``report.html`` is written last.
     """
     cfg = cfg or method_config(method)
     cfg.validate()
+    if tensorboard and tensorboard_missing():
+        raise ImportError(tensorboard_missing())
     ensemble = members != 1 or folds != 1
     if ensemble and not check_method(method).network:
         raise ValueError(f"ensembles are made of networks; '{method}' is not one")
@@ -55,10 +61,14 @@ def train_run(
     else:
         jobs = [single_job(method, cfg, digits.labels)]
     executor = executor or InProcess(cfg.device)
-    run_dir = RunDir(out)
+    run_dir = RunDir(out, tensorboard=tensorboard)
     run_dir.start(manifest("ensemble" if ensemble else "single", [job.name for job in jobs if job.name],
                            method=method, train=cfg, members=members, folds=folds, data=digest(digits)), overwrite)
     records = run_jobs(jobs, digits, run_dir, executor, progress=progress)
+    if tensorboard:  # jobs that finished before, in a run started without --tensorboard
+        for job in jobs:
+            if not run_dir.has_job_events(job.name):
+                run_dir.write_job_events(job, records[job.name].history, records[job.name].summary["accuracy"])
     if ensemble:
         metrics = _report_ensemble(run_dir, digits, list(records.values()), members, folds)
     else:
@@ -66,16 +76,19 @@ def train_run(
     metrics["execution"] = {**executor.describe(), "jobs": [
         {key: record.summary[key] for key in ("name", "where", "device", "seconds")} for record in records.values()]}
     run_dir.write_metrics(metrics)
+    if tensorboard:
+        run_dir.write_run_events(metrics)
+    run_dir.write_report(render_report(run_dir))
     return metrics
 
 
 def run(
     train: Digits, test: Digits, out: str, method: str = "cnn", cfg: TrainConfig | None = None,
     progress: bool = True, members: int = 1, folds: int = 1, tta: bool = False, overwrite: bool = False,
-    executor: Executor | None = None,
+    executor: Executor | None = None, tensorboard: bool = False,
 ) -> dict:
     """:func:`train_run`, then predict ``test`` with the run's model(s) and write ``out/submission.csv``."""
-    metrics = train_run(train, out, method, cfg, progress, members, folds, overwrite, executor)
+    metrics = train_run(train, out, method, cfg, progress, members, folds, overwrite, executor, tensorboard)
     device = (cfg or method_config(method)).device
     model = load_model(out, device=device, tta=tta)
     from .methods import estimator_proba
@@ -98,6 +111,7 @@ def _report_single(run_dir: RunDir, digits: Digits, record: JobRecord, method: s
         "device": record.summary["device"],
         "n_train": record.summary["train_rows"],
         "n_val": len(labels),
+        "per_class": per_class(labels, proba.argmax(1)),
     }
     if record.history:
         history = record.history
@@ -138,12 +152,27 @@ def _report_ensemble(run_dir: RunDir, digits: Digits, records: list[JobRecord], 
                                         f"accuracy {accuracy(mean_tta, y):.4f}"), CONFUSION_FILE)
     run_dir.write_figure(plot_errors(digits.images[held_out], y, mean_tta, confident_errors(mean_tta, y, k=18),
                                      title=f"Digits the {title} still gets wrong"), ERRORS_FILE)
+    histories = {record.name: record.history for record in records if record.history}
+    if histories:
+        run_dir.write_figure(plot_member_curves(histories), CURVES_FILE)
     return {
         "estimate": estimate, "rows_scored": int(held_out.sum()), "members": members, "folds": folds,
         "single_model_accuracy": float(np.mean([row["accuracy"] for row in table[:-1]])),
         "ensemble_accuracy": table[-1]["accuracy"], "ensemble_accuracy_tta": table[-1]["accuracy_tta"],
         "ensemble_loss": log_loss(mean, y), "train_seconds": round(seconds.sum(), 1), "table": table,
+        "per_class": per_class(y, mean_tta.argmax(1)),
     }
+
+
+def per_class(labels: np.ndarray, predicted: np.ndarray) -> list[dict]:
+    """Per digit: how many images, how many predicted right, and the accuracy (None for a digit never seen)."""
+    rows = []
+    for digit in range(10):
+        mine = labels == digit
+        correct = int((predicted[mine] == digit).sum())
+        rows.append({"digit": digit, "images": int(mine.sum()), "correct": correct,
+                     "accuracy": correct / int(mine.sum()) if mine.any() else None})
+    return rows
 
 
 def compare(

@@ -43,6 +43,33 @@ def plot_curves(history: list[dict]) -> Figure:
     return fig
 
 
+def plot_member_curves(histories: dict[str, list[dict]]) -> Figure:
+    """Validation loss (log scale) and accuracy per epoch of each training job of an ensemble, one line each
+    (one colour per member)."""
+    fig, (ax_loss, ax_acc) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
+    colours = plt.get_cmap("tab10")
+    later = []
+    for i, (name, history) in enumerate(histories.items()):
+        epochs = [row["epoch"] for row in history]
+        colour = colours(int(name.split("-")[0].removeprefix("member")) % 10 if name.startswith("member") else i % 10)
+        ax_loss.plot(epochs, [row["val_loss"] for row in history], color=colour, lw=1, alpha=0.8, label=name)
+        ax_acc.plot(epochs, [row["val_accuracy"] for row in history], color=colour, lw=1, alpha=0.8)
+        later += [row["val_accuracy"] for row in (history[1:] or history)]
+    ax_loss.set_yscale("log")
+    ax_loss.set_ylabel("Validation loss (log scale)")
+    ax_acc.set_ylabel("Validation accuracy")
+    low, high = min(later), max(later)
+    margin = max(0.1 * (high - low), 0.002)
+    ax_acc.set_ylim(max(0.0, low - margin), min(1.0, high + margin))
+    ax_acc.set_xlabel("Epoch")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    if len(histories) <= 10:
+        ax_loss.legend(loc="best", fontsize=8)
+    fig.suptitle(f"Validation curves of the {len(histories)} training jobs")
+    return fig
+
+
 def plot_confusion(labels: np.ndarray, predicted: np.ndarray, title: str) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 6))
     ConfusionMatrixDisplay.from_predictions(

@@ -1,8 +1,9 @@
 """The run directory: its layout, what made it, and the only code that writes into it.
 
 A run directory holds ``run.json`` (what made it: the kind of run, the method, its settings, the ensemble's
-size and a digest of the training data), the outputs of the run (``metrics.json``, figures, ``submission.csv``,
-``comparison.csv``) and one record per training job: a single run's job at the top, the jobs of an ensemble
+size and a digest of the training data), the outputs of the run (``metrics.json``, figures, ``report.html``,
+``submission.csv``, ``comparison.csv``, and with ``--tensorboard`` the event files under ``tensorboard/``) and
+one record per training job: a single run's job at the top, the jobs of an ensemble
 or a comparison under ``jobs/<name>/``. A job's record is ``config.json`` (method and settings), its model
 (``model.safetensors`` or ``model.skops``) where kept, ``history.csv`` (networks), ``heldout.npz`` (held-out
 probabilities) and, written last, ``job.json``: a job whose ``job.json`` exists has finished.
@@ -15,7 +16,6 @@ when the next run starts. Everything read back is checked as input from outside.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
@@ -28,7 +28,7 @@ import numpy as np
 
 from . import __version__
 from .config import TrainConfig, check_method
-from .files import atomic_path, write_json
+from .files import atomic_path, check_writable, write_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from sklearn.base import BaseEstimator
 
     from .data import Digits
-    from .jobs import JobResult
+    from .jobs import Job, JobResult
 
 MANIFEST_FILE = "run.json"
 METRICS_FILE = "metrics.json"
@@ -48,6 +48,8 @@ COMPARISON_TABLE = "comparison.csv"
 COMPARISON_FIGURE = "comparison.png"
 SUBMISSIONS_DIR = "submissions"
 JOBS_DIR = "jobs"
+REPORT_FILE = "report.html"
+TENSORBOARD_DIR = "tensorboard"  # one TensorBoard run per job (tensorboard/<job>/) and one for the run (run/)
 # A hyper-parameter search (tune.py)
 STUDY_FILE = "study.db"
 TRIALS_TABLE = "trials.csv"
@@ -68,10 +70,17 @@ CHECKPOINT_FILE = "checkpoint.pt"
 RUN_FILES = (MANIFEST_FILE, METRICS_FILE, SUBMISSION_FILE, CURVES_FILE, CONFUSION_FILE, ERRORS_FILE,
              COMPARISON_TABLE, COMPARISON_FIGURE, CONFIG_FILE, WEIGHTS_FILE, SKOPS_FILE, HISTORY_FILE,
              HELDOUT_FILE, JOB_FILE, CHECKPOINT_FILE, SUBMISSIONS_DIR, JOBS_DIR, STUDY_FILE, f"{STUDY_FILE}-journal",
-             TRIALS_TABLE, BEST_CONFIG, BEST_COMMAND, SEARCH_HISTORY_FIGURE, SEARCH_IMPORTANCES_FIGURE)
+             TRIALS_TABLE, BEST_CONFIG, BEST_COMMAND, SEARCH_HISTORY_FIGURE, SEARCH_IMPORTANCES_FIGURE, REPORT_FILE,
+             TENSORBOARD_DIR)
 KINDS = ("single", "ensemble", "compare", "tune")
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _MAX_JSON = 1 << 20  # a run's JSON files are a few KB; anything far larger is not one of ours
+_MAX_REPORT = 64 << 20  # report.html inlines a few figures: a few hundred KB
+# Event files of TensorBoard, by who writes them: a job's (per-epoch scalars), or the run's (figures, settings
+# with the final metrics). Each writer replaces only its own files, so either can be written again.
+JOB_EVENTS, RUN_EVENTS = ".job", ".run"
+FINAL_METRICS = ("val_accuracy", "val_loss", "single_model_accuracy", "ensemble_accuracy", "ensemble_accuracy_tta",
+                 "ensemble_loss")
 
 
 class RunDirError(ValueError):
@@ -109,8 +118,9 @@ def manifest(kind: str, jobs: list[str], **what: object) -> dict:
 
 
 class RunDir:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, tensorboard: bool = False) -> None:
         self.path = Path(path)
+        self.tensorboard = tensorboard  # also log each finished job to TensorBoard (tensorboard/<job>/)
 
     def job_dir(self, name: str) -> Path:
         return self.path / JOBS_DIR / name if name else self.path
@@ -118,22 +128,11 @@ class RunDir:
     # --- starting ------------------------------------------------------------------------------------------
 
     def check_writable(self) -> None:
-        """Prove, before any training, that files can be written here; leaves no trace (folders it had to
-        create for the test are removed again)."""
-        if self.path.exists() and not self.path.is_dir():
-            raise RunDirError(f"{self.path}: exists and is not a directory")
-        created = [p for p in (self.path, *self.path.parents) if not p.exists()]
+        """Prove, before any training, that files can be written here; leaves no trace."""
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self.path / ".write-test") as tmp:
-                tmp.write_bytes(b"")
-            (self.path / ".write-test").unlink()
-        except OSError as err:
-            raise RunDirError(f"{self.path}: cannot write there ({err.strerror or err})") from None
-        finally:
-            for folder in created:  # deepest first
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+            check_writable(self.path, directory=True)
+        except ValueError as err:
+            raise RunDirError(str(err)) from None
 
     def start(self, what: dict, overwrite: bool = False) -> bool:
         """Begin or resume the run described by ``what`` (see :func:`manifest`); returns True when resuming.
@@ -199,6 +198,8 @@ class RunDir:
                     "scored_rows": len(job.scored_rows), "epochs": len(result.history or []),
                     "resources": result.resources}, folder / JOB_FILE)
         (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+        if self.tensorboard:
+            self.write_job_events(job, result.history, result.accuracy)
 
     def read_job(self, name: str) -> JobRecord:
         folder = self.job_dir(name)
@@ -250,6 +251,40 @@ class RunDir:
         with atomic_path(self.path / name) as tmp:
             tmp.write_text(text, encoding="utf-8")
 
+    def write_report(self, html: str) -> None:
+        """``report.html``: the run on one self-contained page (see :mod:`digit_recognizer.report`)."""
+        self.write_text(html, REPORT_FILE)
+
+    def events_dir(self, name: str) -> Path:
+        """A job's TensorBoard run (``tensorboard/<job>/``); the run itself, and a single run's job, is ``run``."""
+        return self.path / TENSORBOARD_DIR / (name or "run")
+
+    def has_job_events(self, name: str) -> bool:
+        return any(self.events_dir(name).glob(f"events.out.tfevents.*{JOB_EVENTS}"))
+
+    def write_job_events(self, job: Job, history: list[dict] | None, accuracy: float) -> None:
+        """A finished job's per-epoch scalars; a job of an ensemble also gets its own settings (its seed) and its
+        held-out accuracy as hyper-parameters, so that TensorBoard shows each member as a run of its own."""
+        from .report import write_events
+
+        hparams = {"job": job.name, "method": job.method, **_settings(job.config)} if job.name else None
+        metrics = {"final/held_out_accuracy": accuracy} if job.name else None
+        write_events(self.events_dir(job.name), JOB_EVENTS, history=history, hparams=hparams, metrics=metrics)
+
+    def write_run_events(self, metrics: dict) -> None:
+        """The run's confusion matrix and error gallery as images, and its settings (``run.json``) with its final
+        metrics as hyper-parameters, in ``tensorboard/run/``."""
+        from .report import write_events
+
+        what = self.read_manifest()
+        hparams = {key: what[key] for key in ("kind", "method", "members", "folds") if key in what}
+        hparams.update(what.get("train", {}))
+        images = {tag: (self.path / name).read_bytes() for tag, name in (("confusion_matrix", CONFUSION_FILE),
+                                                                         ("errors", ERRORS_FILE))
+                  if (self.path / name).is_file()}
+        final = {f"final/{key}": metrics[key] for key in FINAL_METRICS if key in metrics}
+        write_events(self.events_dir(""), RUN_EVENTS, hparams=hparams, metrics=final, images=images)
+
     def write_submission(self, labels: np.ndarray, method: str | None = None) -> Path:
         """``submission.csv``, or a comparison's ``submissions/<method>.csv``."""
         from .predict import write_submission
@@ -259,6 +294,23 @@ class RunDir:
         return path
 
     # --- reading -------------------------------------------------------------------------------------------
+
+    def read_metrics(self) -> dict:
+        return self._read_json(self.path / METRICS_FILE)
+
+    def read_figure(self, name: str) -> bytes | None:
+        """A figure's PNG bytes, or None where the run has no such figure."""
+        path = self.path / name
+        return path.read_bytes() if path.is_file() else None
+
+    def read_report(self) -> str | None:
+        """``report.html``, or None where the run has none (a run made before reports, a job's folder)."""
+        path = self.path / REPORT_FILE
+        if not path.is_file():
+            return None
+        if path.stat().st_size > _MAX_REPORT:
+            raise RunDirError(f"{path}: {path.stat().st_size:,} bytes is far more than a report holds")
+        return path.read_text(encoding="utf-8", errors="replace")
 
     def read_manifest(self) -> dict:
         """``run.json``, checked: a known kind and job names that stay inside the directory."""

@@ -2,6 +2,7 @@
 
     digit-recognizer serve --model runs/fast [--onnx model.onnx] [--host 127.0.0.1] [--port 8000]
 
+``GET /report`` serves the run's ``report.html`` where it has one, linked from the page.
 ``POST /api/predict`` takes an image (PNG, JPEG, ...: the body, with an image content type) or JSON
 ``{"pixels": [784 values]}`` / ``{"pixels": [[784 values], ...]}`` (up to 1,024 images) in Kaggle's layout
 (0-255, white digit on black). ``GET /api/health`` says which model answers. Bad input gets a 4xx JSON error.
@@ -37,6 +38,9 @@ MAX_BATCH = 1024
 MAX_DECODES = 2  # bodies (images or JSON) decoded at once, in worker threads; more wait their turn
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "application/octet-stream")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+REPORT_LINK = '<p class="hint"><a href="/report">The model\'s report</a>: its metrics, curves and errors.</p>'
+# report.html is self-contained: it may show its own inline styles and data: images, and load nothing else.
+REPORT_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
 class BadRequest(Exception):
@@ -133,9 +137,10 @@ def host_name(header: str) -> str:
 
 
 def create_app(predictor: TorchPredictor | OnnxPredictor,
-               allowed_hosts: Iterable[str] | None = LOOPBACK_HOSTS) -> FastAPI:
+               allowed_hosts: Iterable[str] | None = LOOPBACK_HOSTS, report: str | None = None) -> FastAPI:
     """The page and the API. Requests whose ``Host`` (without port) is not in ``allowed_hosts`` get a 400;
-    ``None`` accepts any, for a server opened to other machines."""
+    ``None`` accepts any, for a server opened to other machines. ``report`` (a run's ``report.html``) is served at
+    ``/report`` and linked from the page."""
     app = FastAPIOffline(title="digit-recognizer", summary="Handwritten digit recognition (MNIST / Kaggle)",
                          swagger_ui_parameters={"validatorUrl": None})
     app.state.decodes = CapacityLimiter(MAX_DECODES)
@@ -168,7 +173,13 @@ def create_app(predictor: TorchPredictor | OnnxPredictor,
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(resources.files("digit_recognizer").joinpath("static/index.html").read_text())
+        html = resources.files("digit_recognizer").joinpath("static/index.html").read_text()
+        return HTMLResponse(html.replace("<!-- report link -->", REPORT_LINK if report is not None else ""))
+
+    if report is not None:
+        @app.get("/report", response_class=HTMLResponse, include_in_schema=False)
+        async def report_page() -> HTMLResponse:
+            return HTMLResponse(report, headers={"Content-Security-Policy": REPORT_POLICY})
 
     @app.get("/api/health")
     async def health() -> dict:
@@ -202,10 +213,11 @@ def is_loopback(host: str) -> bool:
         return host.lower() == "localhost"
 
 
-def serve(predictor: TorchPredictor | OnnxPredictor, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(predictor: TorchPredictor | OnnxPredictor, host: str = "127.0.0.1", port: int = 8000,
+          report: str | None = None) -> None:
     """Run the server; bound to a loopback address it answers only requests addressed to a loopback name."""
     import uvicorn
 
     bound = f"[{host.strip('[]')}]" if ":" in host else host
     allowed_hosts = (*LOOPBACK_HOSTS, bound) if is_loopback(host) else None
-    uvicorn.run(create_app(predictor, allowed_hosts), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(predictor, allowed_hosts, report), host=host, port=port, log_level="warning")

@@ -1,0 +1,223 @@
+"""What a run reports beyond its files: ``report.html``, and TensorBoard event files (``--tensorboard``).
+
+:func:`render_report` builds one self-contained page from what a run directory holds: the settings
+(``run.json``), the metrics (``metrics.json``, per-class accuracy included), the learning curves, the confusion
+matrix and the most confident errors (its PNG figures, inlined as ``data:`` URIs), and for an ensemble the
+members' table. The page loads nothing from anywhere: no scripts, no fonts, no links off the page.
+
+:func:`write_events` writes TensorBoard event files with torch's ``SummaryWriter`` (the ``tensorboard`` extra),
+imported only when called. Both are written through :class:`~digit_recognizer.rundir.RunDir`, the only writer
+of a run directory; nothing here is called from inside a training loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import math
+from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .rundir import RunDir
+
+TENSORBOARD_HINT = ("--tensorboard needs the tensorboard package: pip install 'digit-recognizer[tensorboard]' "
+                    "(or pip install -e '.[tensorboard]' in a checkout)")
+# history.csv column -> TensorBoard scalar tag (step: the epoch)
+SCALAR_TAGS = {"loss": "loss/train", "val_loss": "loss/validation", "accuracy": "accuracy/train",
+               "val_accuracy": "accuracy/validation", "lr": "learning_rate", "images_per_second": "images_per_second"}
+
+
+# --- TensorBoard ---------------------------------------------------------------------------------------------
+
+def tensorboard_missing() -> str | None:
+    """Why ``--tensorboard`` cannot work here (the package is not installed), or None."""
+    return None if importlib.util.find_spec("tensorboard") else TENSORBOARD_HINT
+
+
+def write_events(folder: Path, suffix: str, history: list[dict] | None = None, hparams: dict | None = None,
+                 metrics: dict | None = None, images: dict[str, bytes] | None = None) -> None:
+    """Write one TensorBoard event file into ``folder``, replacing the event files written before with the same
+    ``suffix``: per-epoch scalars from ``history`` (:data:`SCALAR_TAGS`), PNG ``images`` by tag, and ``hparams``
+    with ``metrics`` (tag -> final value) for TensorBoard's hyper-parameter view."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+    for old in Path(folder).glob(f"events.out.tfevents.*{suffix}"):
+        old.unlink()
+    with SummaryWriter(str(folder), filename_suffix=suffix) as writer:
+        for row in history or []:
+            for key, tag in SCALAR_TAGS.items():
+                if key in row and math.isfinite(row[key]):
+                    writer.add_scalar(tag, float(row[key]), int(row["epoch"]))
+        for tag, png in (images or {}).items():
+            writer.add_image(tag, _pixels(png), 0, dataformats="HWC")
+        if hparams:
+            metrics = metrics or {}
+            for summary in hparams_summary({key: _hparam(value) for key, value in hparams.items()}, metrics):
+                writer.file_writer.add_summary(summary)
+            for tag, value in metrics.items():
+                writer.add_scalar(tag, float(value), 0)
+
+
+def _pixels(png: bytes):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _hparam(value: object) -> bool | int | float | str:
+    """TensorBoard takes numbers, booleans and strings as hyper-parameters; lists become '32,64,128'."""
+    if isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+# --- report.html ---------------------------------------------------------------------------------------------
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; margin: 0; background: #f6f7f9; }
+main { max-width: 980px; margin: 0 auto; padding: 1.5rem 1.5rem 3rem; background: #fff; }
+h1 { font-size: 1.5rem; margin: 0 0 0.3rem; }
+h2 { font-size: 1.15rem; margin: 2rem 0 0.6rem; border-bottom: 1px solid #ddd; padding-bottom: 0.25rem; }
+p.sub { color: #555; margin: 0 0 1rem; }
+nav a { margin-right: 0.9rem; color: #2a5db0; text-decoration: none; font-size: 0.92rem; }
+.cards { display: flex; flex-wrap: wrap; gap: 0.8rem; margin: 1rem 0; }
+.card { border: 1px solid #dde3ea; border-radius: 6px; padding: 0.6rem 0.9rem; min-width: 8rem; }
+.card .v { font-size: 1.35rem; font-weight: 650; font-variant-numeric: tabular-nums; }
+.card .k { font-size: 0.8rem; color: #666; }
+table { border-collapse: collapse; font-size: 0.9rem; font-variant-numeric: tabular-nums; }
+th, td { text-align: left; padding: 0.25rem 0.8rem 0.25rem 0; border-bottom: 1px solid #eee; vertical-align: top; }
+th { color: #444; font-weight: 600; }
+td.n { text-align: right; }
+.cols { display: flex; flex-wrap: wrap; gap: 2.5rem; }
+figure { margin: 0.5rem 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.85rem; color: #555; }
+.bar { width: 160px; height: 11px; background: #eee; border-radius: 2px; overflow: hidden; }
+.bar div { height: 100%; background: #3b78c4; }
+footer { margin-top: 2.5rem; font-size: 0.8rem; color: #777; }
+"""
+
+
+def render_report(run_dir: RunDir) -> str:
+    """``report.html`` for the run in ``run_dir`` (a single run or an ensemble), from its files."""
+    from .rundir import CONFUSION_FILE, CURVES_FILE, ERRORS_FILE
+
+    what, metrics = run_dir.read_manifest(), run_dir.read_metrics()
+    ensemble = what["kind"] == "ensemble"
+    method = str(what.get("method", "?"))
+    if ensemble:
+        folds = what.get("folds", 1)
+        title = f"Ensemble of {what.get('members')} {method} networks" + (
+            f" x {folds} folds" if isinstance(folds, int) and folds > 1 else "")
+        headline = {f"{metrics.get('estimate', 'held-out')} accuracy": metrics.get("ensemble_accuracy"),
+                    "with TTA": metrics.get("ensemble_accuracy_tta"),
+                    "single model": metrics.get("single_model_accuracy"),
+                    "training (s)": metrics.get("train_seconds")}
+        scored = f"the {metrics.get('rows_scored', 0):,} held-out rows, ensemble with test-time augmentation"
+    else:
+        title = f"{method}: one training run"
+        headline = {"validation accuracy": metrics.get("val_accuracy"), "validation loss": metrics.get("val_loss"),
+                    "epochs": metrics.get("epochs"), "training (s)": metrics.get("train_seconds")}
+        scored = f"the validation split ({metrics.get('n_val', 0):,} images)"
+    sections = [
+        ("metrics", "Metrics", _cards(headline) + _key_values(
+            {key: value for key, value in metrics.items() if not isinstance(value, dict | list)})),
+        ("settings", "Settings", _settings(what)),
+        ("curves", "Learning curves", _figure(run_dir.read_figure(CURVES_FILE), "Learning curves",
+                                              "Loss and accuracy per epoch" if not ensemble else
+                                              "Validation loss and accuracy per epoch, one line per training job")),
+        ("confusion", "Confusion matrix", _figure(run_dir.read_figure(CONFUSION_FILE), "Confusion matrix",
+                                                  f"True digit (rows) against predicted digit (columns) on {scored}")),
+        ("per-class", "Per-class accuracy", _per_class(metrics.get("per_class"), scored)),
+        ("errors", "Most confident errors", _figure(run_dir.read_figure(ERRORS_FILE), "Most confident errors",
+                                                    f"The digits of {scored} the model gets most confidently wrong")),
+    ]
+    if ensemble:
+        sections.append(("members", "Members", _table(metrics.get("table", []),
+                                                      ["model", "accuracy", "accuracy_tta", "train_seconds"])))
+    execution = metrics.get("execution", {})
+    if execution:
+        sections.append(("execution", "Where it ran", _key_values(
+            {key: value for key, value in execution.items() if key != "jobs"}) + _table(
+            [{**job, "name": job.get("name") or "the run"} for job in execution.get("jobs", [])],
+            ["name", "where", "device", "seconds"])))
+    body = "".join(f'<section id="{key}"><h2>{escape(heading)}</h2>{content}</section>'
+                   for key, heading, content in sections if content)
+    nav = "".join(f'<a href="#{key}">{escape(heading)}</a>' for key, heading, content in sections if content)
+    return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{escape(title)}: digit-recognizer report</title>\n<style>{STYLE}</style>\n</head>\n"
+            "<body>\n<main>\n"
+            f"<h1>{escape(title)}</h1>\n"
+            f'<p class="sub">Run directory {escape(run_dir.path.resolve().name)}: {escape(what["kind"])} run on '
+            f'training data {escape(str(what.get("data", "?")))}</p>\n<nav>{nav}</nav>\n{body}\n'
+            f"<footer>Written by digit-recognizer {escape(str(what.get('version', '')))} from the files of this run "
+            f"directory.</footer>\n</main>\n</body>\n</html>\n")
+
+
+def _format(value: object, key: str = "") -> str:
+    """A value as the page shows it: accuracies and losses to 4 decimals, other numbers as they are."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4f}" if ("accuracy" in key or "loss" in key) and math.isfinite(value) else f"{value:,.6g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_format(item) for item in value)
+    return str(value)
+
+
+def _cards(values: dict) -> str:
+    cards = "".join(f'<div class="card"><div class="v">{escape(_format(value, key))}</div>'
+                    f'<div class="k">{escape(key)}</div></div>' for key, value in values.items() if value is not None)
+    return f'<div class="cards">{cards}</div>'
+
+
+def _key_values(values: dict) -> str:
+    rows = "".join(f"<tr><th>{escape(str(key))}</th><td>{escape(_format(value, str(key)))}</td></tr>"
+                   for key, value in values.items())
+    return f"<table>{rows}</table>" if rows else ""
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{escape(column)}</th>" for column in columns)
+    body = "".join("<tr>" + "".join(
+        f'<td{" class=n" if isinstance(row.get(column), int | float) else ""}>'
+        f"{escape(_format(row.get(column, ''), column))}</td>" for column in columns) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _settings(what: dict) -> str:
+    run = {key: what[key] for key in ("kind", "method", "members", "folds", "data", "version") if key in what}
+    return f'<div class="cols"><div>{_key_values(run)}</div><div>{_key_values(what.get("train", {}))}</div></div>'
+
+
+def _figure(png: bytes | None, alt: str, caption: str) -> str:
+    if png is None:
+        return ""
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
+
+
+def _per_class(rows: list[dict] | None, scored: str) -> str:
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td>{row['digit']}</td><td class=n>{row['images']:,}</td><td class=n>{row['correct']:,}</td>"
+        f"<td class=n>{_format(row['accuracy'], 'accuracy')}</td>"
+        f'<td><div class="bar"><div style="width: {100 * (row["accuracy"] or 0):.1f}%"></div></div></td></tr>'
+        for row in rows)
+    return (f"<p>On {escape(scored)}.</p><table><tr><th>digit</th><th>images</th><th>correct</th>"
+            f"<th>accuracy</th><th></th></tr>{body}</table>")
