@@ -231,6 +231,23 @@ def test_without_the_kaggle_package_the_commands_say_how_to_install_it(tmp_path,
     assert err.count("\n") == 1 and "pip install 'digit-recognizer[kaggle]'" in err
 
 
+
+def test_a_kaggle_release_missing_its_own_dependency_is_named(tmp_path, capsys, monkeypatch):
+    # A release that imports a module it does not declare (kaggle 2.2.5 and six) is told apart from a missing extra.
+    package = tmp_path / "kaggle" / "api"
+    package.mkdir(parents=True)
+    (tmp_path / "kaggle" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "kaggle_api_extended.py").write_text("import a_module_nobody_installed\n")
+    for name in [name for name in sys.modules if name == "kaggle" or name.startswith("kaggle.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["kaggle", "download", "--out", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "needs 'a_module_nobody_installed'" in err and "pip install a_module_nobody_installed" in err
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
 # --- run --submit ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

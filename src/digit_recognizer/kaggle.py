@@ -14,6 +14,7 @@ refused before it spends one of the day's submissions.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import re
 import shutil
@@ -134,7 +135,12 @@ def connect() -> Any:
 
             api = KaggleApi()
             api.authenticate()
-    except ImportError:
+    except ImportError as err:
+        missing = getattr(err, "name", None) or ""
+        if missing and missing.split(".")[0] != "kaggle" and importlib.util.find_spec("kaggle") is not None:
+            # the package is there but one of its own imports is not: a broken release, not a missing extra
+            raise KaggleError(f"the installed kaggle package cannot be imported: it needs '{missing}', which is not "
+                              f"installed (pip install {missing.split('.')[0]})") from None
         raise KaggleError(INSTALL_HINT) from None
     except SystemExit:  # the package's answer to missing credentials: print help, exit(1)
         raise KaggleError(NO_CREDENTIALS) from None
