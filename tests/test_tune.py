@@ -61,9 +61,12 @@ def test_a_tiny_search_writes_every_output(searched):
                  SEARCH_IMPORTANCES_FIGURE):
         assert (out / name).is_file(), name
     table = pd.read_csv(out / TRIALS_TABLE)
-    assert list(table.columns) == ["number", "state", "accuracy", "seconds", "folds_done", "lr", "label_smoothing",
-                                   "error"]
+    assert list(table.columns) == ["number", "recipe", "state", "accuracy", "seconds", "folds_done", "lr",
+                                   "label_smoothing", "error"]
     assert list(table.number) == [0, 1]
+    recipe = method_config("fast")  # trial 0 is the recipe itself: the baseline every other trial must beat
+    assert list(table.recipe) == [True, False]
+    assert (table.lr[0], table.label_smoothing[0]) == pytest.approx((recipe.lr, recipe.label_smoothing))
     assert set(table.state) <= {"complete", "pruned"} and table.state[0] == "complete"
     assert table.lr.between(0.01, 0.3).all() and table.label_smoothing.between(0, 0.2).all()
     best = TrainConfig.from_dict(tomllib.loads((out / BEST_CONFIG).read_text()))  # as `run --config` reads it

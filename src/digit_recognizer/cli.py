@@ -454,8 +454,10 @@ def cmd_tune(args: argparse.Namespace) -> None:
                        not args.quiet, args.overwrite, args.data_dir)
     print(f"{PROG}: best of {summary['trials']} trials ({summary['complete']} finished, {summary['pruned']} "
           f"pruned, {summary['fail']} failed): trial {summary['best_trial']}, mean held-out accuracy "
-          f"{summary['best_accuracy']:.4f} over {summary['folds']} folds; outputs in {args.out}/; "
-          "train it with:", file=sys.stderr)
+          f"{summary['best_accuracy']:.4f} over {summary['folds']} folds"
+          + (f" (the {args.model} recipe itself: {summary['recipe_accuracy']:.4f})"
+             if summary["recipe_accuracy"] is not None else "")
+          + f"; outputs in {args.out}/; train it with:", file=sys.stderr)
     print(summary["command"])
 
 

@@ -49,6 +49,7 @@ class RayCluster:
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise ConnectionError(f"--cluster {address}: cannot connect ({str(err).splitlines()[0][:200]})") from None
         self.ray = ray
+        self._stored: dict[int, tuple[object, object]] = {}
         if self.slots() < 1:
             resources = ray.cluster_resources()
             self.close()
@@ -71,7 +72,7 @@ class RayCluster:
         # process for every task.
         task = ray.remote(_run_task).options(num_cpus=self.cpus_per_job, num_gpus=self.gpus_per_job,
                                              max_retries=RETRIES)
-        data, test_data = ray.put(digits), ray.put(test)
+        data, test_data = self._put(digits), self._put(test)
         running = {task.remote(job, data, test_data): job for job in jobs}
         try:
             while running:  # short waits, so that Ctrl-C is seen at once
@@ -85,6 +86,13 @@ class RayCluster:
         finally:  # interrupted or failed: stop what is still running; finished results are already written
             for ref in running:
                 ray.cancel(ref, force=True)
+
+    def _put(self, value: object) -> object:
+        """The object store's copy of ``value``, put once however many calls (a search's trials) pass it."""
+        cached = self._stored.get(id(value))
+        if cached is None or cached[0] is not value:
+            cached = self._stored[id(value)] = (value, self.ray.put(value))
+        return cached[1]
 
     def describe(self) -> dict:
         return {"engine": "ray", "address": self.address, "cpus_per_job": self.cpus_per_job,

@@ -315,6 +315,8 @@ class _Search:
         # Seeded by the study's size: reproducible, and a resumed search does not draw its first trials again.
         study.sampler = optuna.samplers.TPESampler(seed=base.seed + earlier, constant_liar=True)
         retried = self._retry_interrupted()
+        if not earlier and self._recipe_params() is not None:
+            study.enqueue_trial(self._recipe_params(), user_attrs={"recipe": True})  # trial 0: the baseline
         if progress:
             note = f"; {earlier} trials already in {run_dir.path / STUDY_FILE}" if earlier else ""
             note += f", {retried} interrupted, tried again first" if retried else ""
@@ -331,6 +333,21 @@ class _Search:
             self.study.enqueue_trial(trial.params, user_attrs={
                 "retry_of": trial.user_attrs.get("retry_of", trial.number), "folds": trial.user_attrs.get("folds", {})})
         return len(stale)
+
+    def _recipe_params(self) -> dict | None:
+        """The searched settings at the recipe's own values (``base``), when the space holds them all."""
+        params = {}
+        for name, param in self.space.items():
+            value = getattr(self.base, name)
+            if param.choices is not None:
+                if value not in param.choices:
+                    return None
+                params[name] = _label(value) if isinstance(value, tuple) else value
+            elif not param.low <= value <= param.high:
+                return None
+            else:
+                params[name] = value
+        return params
 
     # --- driving ---
 
@@ -514,19 +531,23 @@ def _write_outputs(study: optuna.Study, run_dir: RunDir, method: str, space: dic
         f"The best of {len(finished)} finished trials in {STUDY_FILE} (trial {best.number}): {OBJECTIVE} "
         f"{best.value:.4f} over {folds} folds, model {method}.", f"Train it: {command}"]), BEST_CONFIG)
     run_dir.write_text(command + "\n", BEST_COMMAND)
+    recipe = next((t for t in trials if t.user_attrs.get("recipe") and t.state == TrialState.COMPLETE), None)
     return {"trials": len(trials), **counts, "best_trial": best.number, "best_accuracy": best.value,
-            "folds": folds, "best_config": str(run_dir.path / BEST_CONFIG), "command": command}
+            "recipe_accuracy": recipe.value if recipe else None, "folds": folds,
+            "best_config": str(run_dir.path / BEST_CONFIG), "command": command}
 
 
 def trials_table(trials: list[FrozenTrial], space: dict[str, Param]) -> pd.DataFrame:
-    """One row per trial: its number, state, accuracy (the mean over the folds it finished), wall seconds,
-    folds finished, the searched settings, and why it failed."""
+    """One row per trial: its number, whether it is the recipe itself (the first trial of a new study, when the
+    space holds the recipe's values), state, accuracy (the mean over the folds it finished), wall seconds, folds
+    finished, the searched settings, and why it failed."""
     rows = []
     for trial in trials:
         scores = [fold["accuracy"] for fold in trial.user_attrs.get("folds", {}).values()]
         ended = trial.datetime_complete is not None and trial.datetime_start is not None
         rows.append({
             "number": trial.number,
+            "recipe": bool(trial.user_attrs.get("recipe")),
             "state": trial.state.name.lower(),
             "accuracy": trial.value if trial.value is not None else (float(np.mean(scores)) if scores else None),
             "seconds": round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1) if ended else None,
@@ -534,7 +555,8 @@ def trials_table(trials: list[FrozenTrial], space: dict[str, Param]) -> pd.DataF
             **{name: trial.params.get(name) for name in space},
             "error": trial.user_attrs.get("error", "interrupted" if trial.state == TrialState.FAIL else ""),
         })
-    return pd.DataFrame(rows, columns=["number", "state", "accuracy", "seconds", "folds_done", *space, "error"])
+    return pd.DataFrame(rows, columns=["number", "recipe", "state", "accuracy", "seconds", "folds_done", *space,
+                                       "error"])
 
 
 def _write_figures(study: optuna.Study, run_dir: RunDir, finished: int) -> None:
