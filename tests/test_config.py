@@ -36,7 +36,7 @@ def test_presets_name_methods_and_valid_settings():
             TrainConfig.from_dict({**method_config(p.method).to_dict(), **p.settings}).validate()
     assert method_config("cnn") == TrainConfig()  # the seed recipe is the unchanged default
     assert preset("seed").method == "cnn" and preset("fast").method == "fast"
-    assert preset("ensemble", "cpu").members == 12 and preset("ensemble", "cuda").method == "cnn"
+    assert preset("ensemble", "cpu").members == 8 and preset("ensemble", "cuda").method == "cnn"
     assert method_config("fast") is not method_config("fast")  # fresh copies: changing one leaves the recipe
     with pytest.raises(ValueError, match="unknown preset"):
         preset("turbo")

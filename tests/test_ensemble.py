@@ -121,7 +121,7 @@ def test_ensembles_and_tta_are_for_networks(small_data_dir, tmp_path, capsys):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("device, model, members, smoothing", [("cpu", "fast", 12, 0.1), ("cuda", "cnn", 15, 0.0)])
+@pytest.mark.parametrize("device, model, members, smoothing", [("cpu", "fast", 8, 0.1), ("cuda", "cnn", 15, 0.0)])
 def test_ensemble_preset_is_sized_to_the_hardware(device, model, members, smoothing, monkeypatch):
     from digit_recognizer.cli import UsageError, apply_preset, build_parser, config_from_args
 
