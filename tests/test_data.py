@@ -286,6 +286,17 @@ def test_not_gzip_and_missing_file(tmp_path, capsys):
     assert not (tmp_path / "s.csv").exists()
 
 
+def test_data_dir_that_is_a_file_or_an_onnx_that_is_a_folder_is_named_so(tmp_path, capsys):
+    (tmp_path / "train.csv").write_text("label\n")
+    assert main(["run", "--data-dir", str(tmp_path / "train.csv"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.csv: a file, not a directory" in err
+    assert main(["serve", "--onnx", str(tmp_path), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a directory, not an ONNX file" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_read_errors_are_data_errors(tmp_path):
     path = tmp_path / "train.csv"
     header = "label," + ",".join(f"pixel{i}" for i in range(784)) + "\n"

@@ -465,8 +465,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from .predict import OnnxPredictor, TorchPredictor
     from .serve import serve
 
-    if args.onnx is not None and not args.onnx.is_file():
-        raise UsageError(f"{args.onnx}: file not found")
     try:
         predictor = OnnxPredictor(args.onnx) if args.onnx else TorchPredictor(args.model)
         report = RunDir(args.model).read_report() if args.model else None

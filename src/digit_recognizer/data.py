@@ -62,6 +62,8 @@ def read_test(path: str | Path) -> Digits:
 def find_csv(data_dir: str | Path, stem: str) -> Path:
     """Return ``data_dir/stem.csv`` or ``data_dir/stem.csv.gz``, whichever exists."""
     data_dir = Path(data_dir)
+    if data_dir.is_file():
+        raise DataError(f"{data_dir}: a file, not a directory (give the folder that holds {stem}.csv)")
     for name in (f"{stem}.csv", f"{stem}.csv.gz"):
         if (data_dir / name).exists():  # a directory of that name is reported when read
             return data_dir / name

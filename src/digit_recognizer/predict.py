@@ -41,7 +41,8 @@ class OnnxPredictor:
         import onnxruntime
 
         if not Path(path).is_file():
-            raise ValueError(f"{path}: file not found")
+            fault = "a directory, not an ONNX file" if Path(path).is_dir() else "file not found"
+            raise ValueError(f"{path}: {fault}")
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as err:  # ONNX Runtime raises several kinds for a damaged or foreign file
