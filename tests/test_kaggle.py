@@ -231,7 +231,6 @@ def test_without_the_kaggle_package_the_commands_say_how_to_install_it(tmp_path,
     assert err.count("\n") == 1 and "pip install 'digit-recognizer[kaggle]'" in err
 
 
-
 def test_a_kaggle_release_missing_its_own_dependency_is_named(tmp_path, capsys, monkeypatch):
     # A release that imports a module it does not declare (kaggle 2.2.5 and six) is told apart from a missing extra.
     package = tmp_path / "kaggle" / "api"
@@ -247,6 +246,7 @@ def test_a_kaggle_release_missing_its_own_dependency_is_named(tmp_path, capsys, 
     assert err.count("\n") == 1
     assert "needs 'a_module_nobody_installed'" in err and "pip install a_module_nobody_installed" in err
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
 
 # --- run --submit ---------------------------------------------------------------------------------------------
 

@@ -89,10 +89,9 @@ class RayCluster:
 
     def _put(self, value: object) -> object:
         """The object store's copy of ``value``, put once however many calls (a search's trials) pass it."""
-        cached = self._stored.get(id(value))
-        if cached is None or cached[0] is not value:
-            cached = self._stored[id(value)] = (value, self.ray.put(value))
-        return cached[1]
+        if id(value) not in self._stored:  # the entry holds the value too, so its id cannot be reused meanwhile
+            self._stored[id(value)] = (value, self.ray.put(value))
+        return self._stored[id(value)][1]
 
     def describe(self) -> dict:
         return {"engine": "ray", "address": self.address, "cpus_per_job": self.cpus_per_job,

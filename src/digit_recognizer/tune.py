@@ -315,8 +315,9 @@ class _Search:
         # Seeded by the study's size: reproducible, and a resumed search does not draw its first trials again.
         study.sampler = optuna.samplers.TPESampler(seed=base.seed + earlier, constant_liar=True)
         retried = self._retry_interrupted()
-        if not earlier and self._recipe_params() is not None:
-            study.enqueue_trial(self._recipe_params(), user_attrs={"recipe": True})  # trial 0: the baseline
+        recipe = None if earlier else self._recipe_params()
+        if recipe is not None:
+            study.enqueue_trial(recipe, user_attrs={"recipe": True})  # trial 0: the baseline
         if progress:
             note = f"; {earlier} trials already in {run_dir.path / STUDY_FILE}" if earlier else ""
             note += f", {retried} interrupted, tried again first" if retried else ""
