@@ -10,8 +10,10 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -125,8 +127,9 @@ def kaggle_zip(tmp_path_factory, embedded) -> Path:
 
 def test_unpack_takes_only_the_competitions_files(kaggle_zip, embedded, tmp_path):
     out = tmp_path / "data" / "digits"
-    written_files = unpack(kaggle_zip, out)
-    assert [p.name for p in written_files] == ["train.csv", "test.csv", "sample_submission.csv"]
+    got = unpack(kaggle_zip, out)
+    assert [p.name for p in got.files] == ["train.csv", "test.csv", "sample_submission.csv"]
+    assert (got.train_images, got.test_images) == (300, 50)
     assert sorted(p.name for p in out.iterdir()) == ["sample_submission.csv", "test.csv", "train.csv"]
     assert not (tmp_path / "data" / "escaped.csv").exists() and not list(tmp_path.rglob("escaped.csv"))
     train, test = read_train(out / "train.csv"), read_test(out / "test.csv")
@@ -147,6 +150,72 @@ def test_unpack_refuses_an_archive_without_the_data_or_not_a_zip(tmp_path):
     with pytest.raises(DataError, match="not a readable zip archive"):
         unpack(damaged, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def _zip(path: Path, members: list[tuple[str | zipfile.ZipInfo, bytes]]) -> Path:
+    """A zip of ``members`` as given, stored uncompressed (so that its headers can be found in the bytes)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zipped:
+        for name, data in members:
+            zipped.writestr(name, data)
+    return path
+
+
+def _member(name: str, file_type: int) -> zipfile.ZipInfo:
+    """A member recorded as made on Unix with the given file type (a link, a device...)."""
+    info = zipfile.ZipInfo(name)
+    info.create_system = 3
+    info.external_attr = (file_type | 0o644) << 16
+    return info
+
+
+def _set_encrypted(archive: Path, name: str) -> None:
+    """Mark member ``name`` as encrypted (general purpose flag bit 0), in its local header and in the central
+    directory, as a zip tool does for a password-protected member."""
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as zipped:
+        local = zipped.getinfo(name).header_offset
+    assert data[local:local + 4] == b"PK\x03\x04"
+    data[local + 6] |= 1
+    central = data.find(b"PK\x01\x02")
+    while central != -1:
+        length = int.from_bytes(data[central + 28:central + 30], "little")
+        if data[central + 46:central + 46 + length] == name.encode():
+            data[central + 8] |= 1
+        central = data.find(b"PK\x01\x02", central + 1)
+    archive.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def new_csvs(kaggle_zip) -> dict[str, bytes]:
+    """The good train.csv and test.csv of the Kaggle-like zip."""
+    with zipfile.ZipFile(kaggle_zip) as zipped:
+        return {name: zipped.read(name) for name in ("train.csv", "test.csv")}
+
+
+@pytest.mark.parametrize(("member", "fault"), [
+    (_member("train.csv", stat.S_IFLNK), "train.csv is a symbolic link, not a plain file"),
+    (_member("train.csv", stat.S_IFCHR), "train.csv is a device, not a plain file"),
+    (_member("train.csv", stat.S_IFIFO), "train.csv is a named pipe, not a plain file"),
+    (_member("train.csv", stat.S_IFDIR), "train.csv is a directory, not a plain file"),
+])
+def test_unpack_refuses_a_member_that_is_not_a_plain_file(member, fault, new_csvs, tmp_path):
+    archive = _zip(tmp_path / "odd.zip", [(member, b"../../elsewhere"), ("test.csv", new_csvs["test.csv"])])
+    with pytest.raises(DataError, match=re.escape(f"{archive}: {fault}")):
+        unpack(archive, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.zip"]  # no folder, no file, no staging left
+
+
+def test_unpack_refuses_an_oversized_or_repeated_member(new_csvs, tmp_path, monkeypatch):
+    archive = _zip(tmp_path / "big.zip", list(new_csvs.items()))
+    monkeypatch.setattr(kaggle, "MAX_MEMBER", len(new_csvs["train.csv"]) - 1)
+    with pytest.raises(DataError, match=r"train\.csv unpacks to [0-9,]+ bytes, far more than"):
+        unpack(archive, tmp_path / "out")
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="Duplicate name"):  # zipfile writes it, warning
+        archive = _zip(tmp_path / "twice.zip", [*new_csvs.items(), ("test.csv", b"pixel0\n")])
+    with pytest.raises(DataError, match=r"test\.csv appears more than once"):
+        unpack(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 class FakeKaggle:
@@ -184,6 +253,91 @@ def test_kaggle_download_unpacks_into_a_folder_that_run_reads(kaggle_zip, tmp_pa
     assert main(["run", "--data-dir", str(out), "--out", str(run_out), "--preset", "fast", "--epochs", "1",
                  "--quiet"]) == 0
     assert len((run_out / "submission.csv").read_text().splitlines()) == 51
+
+
+@pytest.fixture
+def old_data(tmp_path, embedded, monkeypatch) -> tuple[Path, dict[str, bytes]]:
+    """A --out folder that already holds good train.csv and test.csv (other digits than the zip's), and their
+    bytes. The system's temporary folder is moved under tmp_path, so that what is left there can be seen."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "system-tmp"))
+    (tmp_path / "system-tmp").mkdir()
+    train, test = embedded
+    out = tmp_path / "data"
+    write_csv(Digits(train.images[-20:], train.labels[-20:]), out / "train.csv")
+    write_csv(Digits(test.images[-10:]), out / "test.csv")
+    return out, {path.name: path.read_bytes() for path in out.iterdir()}
+
+
+def _download_refused(archive: Path | None, out: Path, capsys, monkeypatch) -> str:
+    """Run ``kaggle download --out out`` against ``archive`` (None: no credentials); returns its one error line
+    after checking the exit code and that nothing was left in the system's temporary folder."""
+    def no_credentials():
+        raise kaggle.KaggleError(kaggle.NO_CREDENTIALS)
+
+    monkeypatch.setattr(kaggle, "connect", no_credentials if archive is None else lambda: FakeKaggle(archive))
+    assert main(["kaggle", "download", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("digit-recognizer: error: ")
+    assert not list(Path(tempfile.gettempdir()).iterdir())  # the downloaded zip is gone too
+    return captured.err
+
+
+def _unchanged(out: Path, old: dict[str, bytes]) -> bool:
+    """Whether ``out`` holds exactly the old files, byte for byte: nothing replaced, nothing (no staging) added."""
+    return {path.name: path.read_bytes() for path in out.iterdir()} == old
+
+
+def test_a_good_download_replaces_the_old_files(old_data, kaggle_zip, new_csvs, capsys, monkeypatch):
+    out, old = old_data
+    monkeypatch.setattr(kaggle, "connect", lambda: FakeKaggle(kaggle_zip))
+    assert main(["kaggle", "download", "--out", str(out)]) == 0
+    assert "300 training and 50 test images" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == ["sample_submission.csv", "test.csv", "train.csv"]
+    assert {name: (out / name).read_bytes() for name in new_csvs} == new_csvs != old
+    assert not list(Path(tempfile.gettempdir()).iterdir())
+
+
+def test_a_corrupt_test_csv_replaces_nothing(old_data, new_csvs, capsys, monkeypatch):
+    out, old = old_data
+    header, first, *rest = new_csvs["test.csv"].decode().splitlines()
+    corrupt = "\n".join([header, first, "300" + first[1:], *rest]).encode() + b"\n"  # line 3: a pixel of 300
+    archive = _zip(out.parent / "corrupt.zip", [("train.csv", new_csvs["train.csv"]), ("test.csv", corrupt)])
+    err = _download_refused(archive, out, capsys, monkeypatch)
+    assert _unchanged(out, old)
+    assert "Kaggle's digit-recognizer.zip: test.csv: line 3, column pixel0" in err
+    fresh = out.parent / "fresh" / "data"  # a folder the command made is removed again
+    _download_refused(archive, fresh, capsys, monkeypatch)
+    assert not (out.parent / "fresh").exists()
+
+
+def test_a_symlink_member_replaces_nothing(old_data, new_csvs, capsys, monkeypatch):
+    out, old = old_data
+    link = _member("train.csv", stat.S_IFLNK)
+    archive = _zip(out.parent / "link.zip", [(link, b"../../secret"), ("test.csv", new_csvs["test.csv"])])
+    err = _download_refused(archive, out, capsys, monkeypatch)
+    assert _unchanged(out, old)
+    assert "Kaggle's digit-recognizer.zip: train.csv is a symbolic link, not a plain file" in err
+
+
+def test_an_encrypted_member_is_one_line_and_replaces_nothing(old_data, new_csvs, capsys, monkeypatch):
+    out, old = old_data
+    archive = _zip(out.parent / "locked.zip", list(new_csvs.items()))
+    _set_encrypted(archive, "test.csv")
+    with zipfile.ZipFile(archive) as zipped, pytest.raises(RuntimeError, match="password required"):
+        zipped.read("test.csv")  # the archive is what a password-protected one looks like to zipfile
+    err = _download_refused(archive, out, capsys, monkeypatch)
+    assert _unchanged(out, old)
+    assert "Kaggle's digit-recognizer.zip: test.csv is encrypted (password-protected)" in err
+
+
+def test_no_credentials_creates_and_replaces_nothing(old_data, capsys, monkeypatch):
+    out, old = old_data
+    assert "no Kaggle credentials found" in _download_refused(None, out, capsys, monkeypatch)
+    assert _unchanged(out, old)
+    fresh = out.parent / "fresh" / "data"
+    assert "no Kaggle credentials found" in _download_refused(None, fresh, capsys, monkeypatch)
+    assert not (out.parent / "fresh").exists()
 
 
 def test_kaggle_submit_sends_a_good_file_with_its_message(good_lines, tmp_path, capsys, monkeypatch):

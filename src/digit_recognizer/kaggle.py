@@ -16,17 +16,20 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import os
 import re
 import shutil
+import stat
+import struct
 import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import DataError
-from .files import atomic_path
+from .data import DataError, read_test, read_train
 
 COMPETITION = "digit-recognizer"
 TEST_ROWS = 28_000
@@ -95,33 +98,124 @@ def check_submission(path: str | Path, rows: int = TEST_ROWS) -> None:
 
 # --- unpacking the competition's files -------------------------------------------------------------------------
 
-def unpack(archive: str | Path, out: str | Path) -> list[Path]:
-    """Write ``train.csv``, ``test.csv`` and ``sample_submission.csv`` from Kaggle's zip into ``out``, each
-    atomically, and nothing else: any other member (a path such as ``../x`` included) is left in the archive.
-    Returns the files written; a zip without ``train.csv`` and ``test.csv``, or a damaged one, is a
-    :class:`DataError`."""
+STAGING_PREFIX = ".digit-recognizer-download-"  # the folder inside the destination where a zip is unpacked and checked
+_NOT_PLAIN = {stat.S_IFLNK: "a symbolic link", stat.S_IFDIR: "a directory", stat.S_IFCHR: "a device",
+              stat.S_IFBLK: "a device", stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket"}
+_MSDOS_DIRECTORY = 0x10  # the directory bit of the MS-DOS attributes (the low byte of external_attr)
+_ENCRYPTED = 0x1         # bit 0 of a member's general purpose flags
+# What zipfile raises on a damaged or crafted archive (its RuntimeError: a member it cannot decrypt).
+_UNREADABLE_ZIP = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError,
+                   struct.error)
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    """What :func:`unpack` put in place: the files, and how many digits the checked train and test files hold."""
+
+    files: list[Path]
+    train_images: int
+    test_images: int
+
+
+def unpack(archive: str | Path, out: str | Path, shown_as: str | None = None) -> Unpacked:
+    """Put ``train.csv``, ``test.csv`` and ``sample_submission.csv`` from Kaggle's zip into ``out``, and nothing
+    else: any other member (a path such as ``../x`` included) is left in the archive.
+
+    All or nothing: the members are unpacked into a folder of the project's own inside ``out``
+    (:data:`STAGING_PREFIX`), ``train.csv`` and ``test.csv`` are read there, and only when both pass do the files
+    replace those in ``out``, one rename each. Otherwise (a damaged zip, a member that is not a plain file, is
+    encrypted or too large, data that does not read) a :class:`DataError` names the archive (``shown_as``, if
+    given) and the member; ``out`` is left as it was, and a folder created for it is removed again."""
     archive, out = Path(archive), Path(out)
-    written = []
+    label = shown_as or str(archive)
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))  # same filesystem: os.replace works
+    except OSError as err:
+        _remove_empty(created)
+        raise DataError(f"{out}: cannot unpack into this folder ({err.strerror or err})") from None
+    done = False
+    try:
+        names = _extract(archive, label, staging)
+        train, test = _check(staging, "train.csv", label), _check(staging, "test.csv", label)
+        files = _put_in_place(names, staging, out)
+        done = True
+        return Unpacked(files, train, test)
+    except OSError as err:
+        raise DataError(f"{label}: cannot unpack into {out} ({err.strerror or err})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not done:
+            _remove_empty(created)
+
+
+def _extract(archive: Path, label: str, staging: Path) -> list[str]:
+    """Write the competition's members of ``archive`` into ``staging``; returns their names. Every member taken
+    is checked before any is written."""
     try:
         with zipfile.ZipFile(archive) as zipped:
-            members = {info.filename: info for info in zipped.infolist() if not info.is_dir()}
+            infos = zipped.infolist()
+            members = {info.filename: info for info in infos if not info.is_dir()}
             for name in ("train.csv", "test.csv"):
                 if name not in members:
                     held = ", ".join(sorted(members)[:5]) or "nothing"
-                    raise DataError(f"{archive}: no {name} in the archive (it holds {held})")
-            for name in DATA_FILES:
-                info = members.get(name)
-                if info is None:
-                    continue
-                if info.file_size > MAX_MEMBER:
-                    raise DataError(f"{archive}: {name} unpacks to {info.file_size:,} bytes, far more than "
-                                    "the competition's file")
-                with zipped.open(info) as source, atomic_path(out / name) as tmp, open(tmp, "wb") as target:
+                    raise DataError(f"{label}: no {name} in the archive (it holds {held})")
+            names = [name for name in DATA_FILES if name in members]
+            for name in names:
+                if sum(info.filename == name for info in infos) > 1:  # which copy is meant is anyone's guess
+                    raise DataError(f"{label}: {name} appears more than once in the archive")
+                _refuse_unless_plain(members[name], f"{label}: {name}")
+            for name in names:
+                # zipfile never reads past a member's declared size, so the size check above bounds what is written
+                with zipped.open(members[name]) as source, open(staging / name, "xb") as target:
                     shutil.copyfileobj(source, target, 1 << 20)
-                written.append(out / name)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
-        raise DataError(f"{archive}: not a readable zip archive ({err})") from None
-    return written
+    except DataError:
+        raise
+    except _UNREADABLE_ZIP as err:
+        raise DataError(f"{label}: not a readable zip archive ({err})") from None
+    return names
+
+
+def _refuse_unless_plain(info: zipfile.ZipInfo, where: str) -> None:
+    """Refuse (:class:`DataError`) a member that is not a plain file of a sensible size, readable without a
+    password: a link, a device or a folder must never take the place of a data file."""
+    kind = stat.S_IFMT(info.external_attr >> 16)  # the Unix file type, where the archive records one
+    if kind and kind != stat.S_IFREG:
+        raise DataError(f"{where} is {_NOT_PLAIN.get(kind, 'a special file')}, not a plain file")
+    if info.external_attr & _MSDOS_DIRECTORY:
+        raise DataError(f"{where} is a directory, not a plain file")
+    if info.flag_bits & _ENCRYPTED:
+        raise DataError(f"{where} is encrypted (password-protected); the competition's files are not")
+    if info.file_size > MAX_MEMBER:
+        raise DataError(f"{where} unpacks to {info.file_size:,} bytes, far more than the competition's file")
+
+
+def _check(staging: Path, name: str, label: str) -> int:
+    """Read the unpacked ``name`` as the training or test data; returns its number of digits."""
+    path = staging / name
+    try:
+        return len(read_train(path) if name == "train.csv" else read_test(path))
+    except DataError as err:
+        # The reader names the unpacked copy, which is about to be removed: name the archive's member instead.
+        raise DataError(f"{label}: {name}: {str(err).removeprefix(f'{path}: ')}") from None
+
+
+def _put_in_place(names: list[str], staging: Path, out: Path) -> list[Path]:
+    """Move the checked files from ``staging`` into ``out``, replacing any there."""
+    for name in names:  # refused before the first rename, so that none is done unless all can be
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            raise DataError(f"{out / name}: is a directory; the downloaded {name} cannot take its place")
+    for name in names:
+        os.replace(staging / name, out / name)
+    return [out / name for name in names]
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders made for an unpacking that failed, deepest first, each only if it is still empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 # --- the Kaggle API ------------------------------------------------------------------------------------------
@@ -151,17 +245,16 @@ def connect() -> Any:
     return api
 
 
-def download(out: str | Path, api: Any | None = None) -> list[Path]:
-    """Download the competition's files and unpack them into ``out`` (see :func:`unpack`); returns the files."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    api = api or connect()
+def download(out: str | Path, api: Any | None = None) -> Unpacked:
+    """Download the competition's files and put them into ``out``, checked first and all or nothing (see
+    :func:`unpack`)."""
+    api = api or connect()  # before anything is created: a failed sign-in leaves no folder behind
     with tempfile.TemporaryDirectory(prefix="digit-recognizer-download-") as folder:
         _call(api.competition_download_files, "downloading", COMPETITION, path=folder, force=True, quiet=True)
         archives = [path for path in sorted(Path(folder).rglob("*")) if path.is_file() and zipfile.is_zipfile(path)]
         if not archives:
             raise KaggleError(f"Kaggle sent no zip archive for '{COMPETITION}'; try again later")
-        return unpack(archives[0], out)
+        return unpack(archives[0], out, shown_as=f"Kaggle's {archives[0].name}")
 
 
 def submit(path: str | Path, message: str, api: Any | None = None) -> str:
