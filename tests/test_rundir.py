@@ -5,6 +5,7 @@ from its last finished epoch to the same result."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -64,27 +65,73 @@ def test_other_training_data_is_refused(small_data_dir, tmp_path, capsys, embedd
     assert "other data" in capsys.readouterr().err
 
 
-def test_outputs_of_an_unknown_run_are_not_mixed_in(small_data_dir, tmp_path, capsys):
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_folder_without_run_json_is_never_cleared(small_data_dir, tmp_path, capsys):
+    """A user's folder that happens to hold a run's names (submissions/, jobs/, config.json) is refused, and
+    following the advice to add --overwrite is refused too: nothing of it is touched."""
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "submission.csv").write_text("ImageId,Label\n1,7\n")  # left by something else
-    (out / "notes.txt").write_text("mine")
-    assert run(small_data_dir, out) == 2
-    assert "no run.json" in capsys.readouterr().err
-    assert run(small_data_dir, out, "--overwrite") == 0
-    assert (out / "notes.txt").read_text() == "mine"  # --overwrite clears a run's files, nothing else
-    assert len(pd.read_csv(out / "submission.csv")) == 30
+    (out / "submissions").mkdir(parents=True)
+    (out / "submissions" / "mine.csv").write_text("ImageId,Label\n1,7\n")
+    (out / "jobs" / "cron").mkdir(parents=True)
+    (out / "jobs" / "cron" / "job.sh").write_text("echo hi\n")
+    (out / "config.json").write_text('{"mine": true}')
+    before = snapshot(out)
+    for extra in ([], ["--overwrite"]):
+        assert run(small_data_dir, out, *extra) == 2
+        err = capsys.readouterr().err
+        assert "no run.json" in err and len(err.strip().splitlines()) == 1
+        assert snapshot(out) == before
 
 
-def test_temporary_files_of_an_interrupted_write_are_removed(small_data_dir, tmp_path):
+def test_overwrite_removes_only_what_the_run_recorded(small_data_dir, tmp_path):
+    """--overwrite removes the files the old run recorded as its own, and its folders once empty; a file someone
+    put beside them, in the top folder or in a job's folder, stays with its folder."""
     out = tmp_path / "out"
     assert run(small_data_dir, out, "--members", "2") == 0
-    leftovers = [out / ".metrics.json.x1.tmp", out / "jobs" / "member0" / ".model.safetensors.x2.tmp"]
-    for path in leftovers:
+    (out / "notes.txt").write_text("mine")
+    (out / "jobs" / "member0" / "notes.txt").write_text("mine too")
+    assert run(small_data_dir, out, "--overwrite") == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "jobs" / "member0" / "notes.txt").read_text() == "mine too"
+    assert sorted(p.name for p in (out / "jobs" / "member0").iterdir()) == ["notes.txt"]
+    assert not (out / "jobs" / "member1").exists()  # emptied, so removed
+    assert json.loads((out / "run.json").read_text())["kind"] == "single"
+
+
+def test_a_run_json_naming_files_outside_the_folder_is_refused(small_data_dir, tmp_path, capsys):
+    """run.json is read back as input: a list of files that leaves the directory is refused, and --overwrite
+    deletes nothing outside it."""
+    out = tmp_path / "out"
+    assert run(small_data_dir, out) == 0
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    what = json.loads((out / "run.json").read_text())
+    what["files"].append("../victim.txt")
+    (out / "run.json").write_text(json.dumps(what))
+    assert run(small_data_dir, out, "--epochs", "2", "--overwrite") == 2
+    assert "run.json: 'files' must list" in capsys.readouterr().err
+    assert victim.read_text() == "keep me"
+
+
+def test_only_the_runs_own_temporary_files_are_removed(small_data_dir, tmp_path):
+    """The temporaries of the run's interrupted writes go when the run is accepted; another tool's '.*.tmp'
+    files under --out stay, also when a run is refused."""
+    out = tmp_path / "out"
+    assert run(small_data_dir, out, "--members", "2") == 0
+    ours = [out / ".metrics.json.a1b2c3d4.tmp", out / "jobs" / "member0" / ".model.safetensors.x9_y8z7w.tmp"]
+    theirs = [out / ".lock.tmp", out / "cache" / ".index.db.12345678.tmp", out / ".notes.txt.abcdefgh.tmp"]
+    for path in ours + theirs:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half")
+    assert run(small_data_dir, out, "--members", "3") == 2  # refused: nothing removed
+    assert all(path.exists() for path in ours + theirs)
     assert run(small_data_dir, out, "--members", "2") == 0  # resumes: everything is finished
-    assert not any(path.exists() for path in leftovers)
-    assert not list(out.rglob("*.tmp"))
+    assert not any(path.exists() for path in ours)
+    assert all(path.read_bytes() == b"half" for path in theirs)
 
 
 def test_an_interrupted_network_resumes_to_the_same_result(embedded, tmp_path, monkeypatch):
@@ -114,7 +161,7 @@ def test_an_interrupted_network_resumes_to_the_same_result(embedded, tmp_path, m
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
-    history = [pd.read_csv(tmp_path / d / "history.csv").drop(columns=["seconds", "images_per_second"])
+    history = [pd.read_csv(tmp_path / d / "history.csv").drop(columns=["seconds", "images_per_second", "elapsed"])
                for d in ("whole", "cut")]
     pd.testing.assert_frame_equal(*history)
     assert not (tmp_path / "cut" / "checkpoint.pt").exists()  # dropped once the job finished

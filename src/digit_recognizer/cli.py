@@ -19,13 +19,24 @@ import tomllib
 from pathlib import Path
 
 from . import __version__
-from .config import METHOD_NAMES, METHODS, PRESETS, TrainConfig, method_config, preset
-from .data import DataError, find_csv, load_embedded, read_test, read_train, write_csv
-from .errors import TrainingDiverged
-from .files import check_writable
+from .config import (
+    DEVICE_HELP,
+    METHOD_NAMES,
+    METHODS,
+    OPTIMIZER_NAMES,
+    PRESETS,
+    SCHEDULES,
+    TrainConfig,
+    is_device_name,
+    method_config,
+    preset,
+)
+from .data import find_csv, load_embedded, read_test, read_train, write_csv
+from .errors import InputError, TrainingDiverged
+from .files import STDOUT, check_path, check_writable, read_bounded, same_file
 from .kaggle import KaggleError
 from .predict import write_submission
-from .rundir import RunDir, RunDirError
+from .rundir import RunDir
 
 PROG = "digit-recognizer"
 
@@ -51,6 +62,34 @@ def _list_of(kind: type):
 # TrainConfig's annotations are strings (postponed evaluation); map each to a command-line parser.
 _FLAG_TYPES = {"int": int, "float": float, "str": str,
                "tuple[int, ...]": _list_of(int), "tuple[float, ...]": _list_of(float)}
+_CHOICES = {"optimizer": OPTIMIZER_NAMES, "schedule": SCHEDULES}
+MAX_SETTINGS_FILE = 1 << 20  # bytes; a settings file is a few hundred
+
+
+def _add_setting_flags(group: argparse._ArgumentGroup) -> None:
+    """One flag per TrainConfig setting, each with its default under every network's recipe."""
+    recipes = {name: method.recipe for name, method in METHODS.items() if method.network}
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        shown = {name: _shown(getattr(recipe, f.name)) for name, recipe in recipes.items()}
+        if len(set(shown.values())) == 1:
+            default = f"default: {next(iter(shown.values()))}"
+        else:
+            default = "default: the model's recipe: " + ", ".join(f"{name} {value}" for name, value in shown.items())
+        if f.type == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"({default})")
+        elif f.name in _CHOICES:
+            group.add_argument(flag, choices=_CHOICES[f.name], default=None, help=f"({default})")
+        elif f.name == "device":
+            group.add_argument(flag, default=None, metavar="DEVICE",
+                               help=f"auto (CUDA when there is one), cpu, cuda or cuda:N ({default})")
+        else:
+            group.add_argument(flag, type=_FLAG_TYPES[f.type], default=None, metavar=f.name.upper(),
+                               help=f"({default})")
+
+
+def _shown(value: object) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def _add_output_flags(parser: argparse.ArgumentParser, default_out: str) -> None:
@@ -86,16 +125,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                              "(default: 1)")
     group = parser.add_argument_group("network training settings (defaults: the chosen model's recipe)")
     group.add_argument("--config", type=Path, help="TOML or JSON file of settings; flags override it")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        if f.type == "bool":
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                               help=f"(default: {shown})")
-        else:
-            group.add_argument(flag, type=_FLAG_TYPES[f.type], default=None, metavar=f.name.upper(),
-                               help=f"(default: {shown})")
+    _add_setting_flags(group)
 
 
 def apply_preset(args: argparse.Namespace) -> None:
@@ -150,11 +180,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def read_config_file(path: Path) -> dict:
     """Settings from a TOML or JSON file, checked against TrainConfig's names and types."""
+    text = read_bounded(path, MAX_SETTINGS_FILE, "a settings file")
     try:
-        text = path.read_text(encoding="utf-8")
-        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (OSError, ValueError, RecursionError) as err:
-        raise UsageError(f"{path}: cannot read config ({str(err)[:200]})") from None
+        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text.decode("utf-8"))
+    except (ValueError, RecursionError) as err:  # also bytes that are not UTF-8, and 5,000-deep nesting
+        raise UsageError(f"{path}: cannot read config ({str(err)[:200] or type(err).__name__})") from None
     try:
         typed = TrainConfig.from_dict(values, str(path))
     except ValueError as err:
@@ -189,8 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", type=Path, help="run directory made by 'run' or 'train'")
     source.add_argument("--onnx", type=Path, help="ONNX file made by 'export' (runs on ONNX Runtime)")
     p.add_argument("--test", type=Path, required=True, help="Kaggle test.csv(.gz)")
-    p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--out", type=Path, required=True, help="submission CSV to write; - writes it to standard output")
+    p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda or cuda:N "
+                                                    "(default: auto)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average over one-pixel shifts of each image (networks only)")
 
@@ -221,19 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_flags(p, "tune")
     group = p.add_argument_group("fixed training settings: not searched (defaults: the model's recipe)")
     group.add_argument("--config", type=Path, help="TOML or JSON file of settings; flags override it")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            group.add_argument(flag, type=_FLAG_TYPES[f.type], default=None, metavar=f.name.upper())
+    _add_setting_flags(group)
 
     p = sub.add_parser("serve", help="web page to draw a digit, and the prediction API")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, help="run directory made by 'run' or 'train' (PyTorch)")
     source.add_argument("--onnx", type=Path, help="ONNX file made by 'export' (ONNX Runtime)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000; 0 picks a free port)")
 
     p = sub.add_parser("export", help="write a run's network as ONNX")
     p.add_argument("--model", type=Path, required=True, help="run directory made by 'run' or 'train'")
@@ -352,17 +378,24 @@ def _closing(executor: object):
     return contextlib.closing(executor) if close else contextlib.nullcontext()
 
 
-def _check_output_file(path: Path) -> None:
-    try:
-        check_writable(path)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+def _check_output_file(path: Path, inputs: list[Path | None]) -> None:
+    """Refuse, before any work, an output that cannot be written or that is one of the command's own inputs
+    (writing it would destroy what it is made from)."""
+    for source in inputs:
+        if source is not None and same_file(path, source):
+            raise UsageError(f"{path}: is one of this command's inputs ({source}); choose another output")
+    check_writable(path)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     if args.onnx is not None and args.tta:
         raise UsageError("--tta works with --model (PyTorch); an ONNX file predicts each image once")
-    _check_output_file(args.out)
+    if not is_device_name(args.device):
+        raise UsageError(f"--device {args.device}: {DEVICE_HELP}")
+    from .rundir import model_files
+
+    inputs = [args.test, args.onnx] if args.onnx is not None else [args.test, *model_files(args.model)]
+    _check_output_file(args.out, inputs)
     test = read_test(args.test)
     if args.onnx is not None:
         from .predict import OnnxPredictor
@@ -381,7 +414,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
             raise UsageError(str(err)) from None
         proba = estimator_proba(model, test.images)
     write_submission(proba.argmax(1), args.out)
-    print(f"{PROG}: wrote {len(test):,} predictions to {args.out}", file=sys.stderr)
+    where = "standard output" if str(args.out) == STDOUT else args.out
+    print(f"{PROG}: wrote {len(test):,} predictions to {where}", file=sys.stderr)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -463,29 +497,26 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from .predict import OnnxPredictor, TorchPredictor
-    from .serve import serve
+    from .serve import listen, serve, url
 
     try:
         predictor = OnnxPredictor(args.onnx) if args.onnx else TorchPredictor(args.model)
         report = RunDir(args.model).read_report() if args.model else None
+        sock = listen(args.host, args.port)  # a port in use is refused here, before "serving" is printed
     except (ValueError, RuntimeError) as err:
         raise UsageError(str(err).splitlines()[0]) from None
-    import socket
-
-    try:  # bound and released at once: a port in use is refused here, before "serving" is printed
-        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-        socket.create_server((args.host.strip("[]"), args.port), family=family).close()
-    except (OSError, OverflowError) as err:
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {getattr(err, 'strerror', None) or err}") from None
-    print(f"{PROG}: serving {predictor.name} ({predictor.backend}) on http://{args.host}:{args.port}/"
-          + (f" (its report: http://{args.host}:{args.port}/report)" if report else ""), file=sys.stderr)
-    serve(predictor, args.host, args.port, report)
+    with sock:
+        address = url(sock)
+        print(f"{PROG}: serving {predictor.name} ({predictor.backend}) on {address}/"
+              + (f" (its report: {address}/report)" if report else ""), file=sys.stderr)
+        serve(predictor, sock, report)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from .predict import export_onnx
+    from .rundir import model_files
 
-    _check_output_file(args.onnx)
+    _check_output_file(args.onnx, model_files(args.model))
     try:
         export_onnx(args.model, args.onnx)
     except ValueError as err:
@@ -494,6 +525,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_sample_data(args: argparse.Namespace) -> None:
+    existing = [args.out / name for name in ("train.csv", "test.csv") if (args.out / name).exists()
+                or (args.out / name).is_symlink()]
+    if existing:
+        raise UsageError(f"{existing[0]}: already exists; sample-data never replaces a file: choose another --out")
     RunDir(args.out).check_writable()
     train, test = load_embedded()
     write_csv(train, args.out / "train.csv")
@@ -507,10 +542,10 @@ def cmd_kaggle(args: argparse.Namespace) -> None:
 
     if args.kaggle_command == "download":
         RunDir(args.out).check_writable()
-        written = kaggle.download(args.out)
-        train, test = read_train(find_csv(args.out, "train")), read_test(find_csv(args.out, "test"))
-        print(f"{PROG}: wrote {', '.join(path.name for path in written)} to {args.out} ({len(train):,} training and "
-              f"{len(test):,} test images); train on them with: {PROG} run --data-dir {args.out}", file=sys.stderr)
+        got = kaggle.download(args.out)  # checks the data before any file in --out is replaced
+        print(f"{PROG}: wrote {', '.join(path.name for path in got.files)} to {args.out} ({got.train_images:,} "
+              f"training and {got.test_images:,} test images); train on them with: {PROG} run --data-dir {args.out}",
+              file=sys.stderr)
     else:
         if not args.message.strip():
             raise UsageError("-m needs a description of the submission")
@@ -530,7 +565,8 @@ def _report(metrics: dict, out: Path, with_submission: bool) -> None:
                 f"with TTA {metrics['ensemble_accuracy_tta']:.4f}; outputs in {out}/")
     else:
         accuracy = metrics["val_accuracy"]
-        epochs = f" after {metrics['epochs']} epochs" if "epochs" in metrics else ""
+        epochs = (f" after {metrics['epochs']} epoch{'s' * (metrics['epochs'] != 1)}" if "epochs" in metrics
+                  else "")
         line = (f"{PROG}: {metrics['model']} val_accuracy {accuracy:.4f}{epochs} "
                 f"in {metrics['train_seconds']:.0f}s on {metrics['device']}; outputs in {out}/")
     print(line + (f" (submission: {out / SUBMISSION_FILE})" if with_submission else ""), file=sys.stderr)
@@ -547,8 +583,11 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "predict": cmd_predict, "compare
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        for value in vars(args).values():  # every path named in records and messages must be text
+            if isinstance(value, Path):
+                check_path(value)
         COMMANDS[args.command](args)
-    except (UsageError, DataError, RunDirError, FileNotFoundError, KaggleError) as err:
+    except (UsageError, InputError, FileNotFoundError, KaggleError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:
@@ -557,6 +596,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # the file system refused something no check foresaw (a disk full, say)
+        print(f"{PROG}: error: {err.filename or ''}{': ' if err.filename else ''}{err.strerror or err}",
+              file=sys.stderr)
+        return 2
     return 0
 
 

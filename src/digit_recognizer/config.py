@@ -20,6 +20,13 @@ from dataclasses import dataclass, field
 # Must match train.OPTIMIZERS (a test checks it).
 OPTIMIZER_NAMES = ("rmsprop", "adam", "adamw", "sgd")
 SCHEDULES = ("plateau", "onecycle")
+DEVICE_HELP = "device must be auto, cpu, cuda or cuda:N"
+
+
+def is_device_name(name: str) -> bool:
+    """Whether ``name`` is a device the project trains and predicts on: auto (CUDA when there is one), cpu,
+    cuda or cuda:N."""
+    return re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", name) is not None
 
 
 @dataclass
@@ -98,8 +105,7 @@ class TrainConfig:
             (len(self.dropout) == 4 and all(0 <= d < 1 for d in self.dropout), "dropout takes 4 values in [0, 1)"),
             (0 <= self.rotation <= 180, "rotation must be in 0 .. 180 degrees"),
             (0 <= self.zoom < 1 and 0 <= self.shift < 1, "zoom and shift must be fractions in [0, 1)"),
-            (re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
-             "device must be auto, cpu, cuda or cuda:N"),
+            (is_device_name(self.device), DEVICE_HELP),
         ]
         for ok, message in checks:
             if not ok:
@@ -113,26 +119,37 @@ def _typed(value: object, annotation: str, where: str) -> object:
     """``value`` converted to the field's type (annotations are strings: postponed evaluation)."""
     if annotation.startswith("tuple["):
         if not isinstance(value, list | tuple):
-            raise ValueError(f"{where} must be a list, got {value!r}")
+            raise ValueError(f"{where} must be a list, got {_short(value)}")
         item = annotation[len("tuple["):-len(", ...]")]
         return tuple(_typed(v, item, where) for v in value)
     if annotation == "bool":
         if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true or false, got {value!r}")
+            raise ValueError(f"{where} must be true or false, got {_short(value)}")
         return value
     if annotation == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where} must be a whole number, got {value!r}")
+            raise ValueError(f"{where} must be a whole number, got {_short(value)}")
         return value
     if annotation == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where} must be a number, got {value!r}")
-        return float(value)
+            raise ValueError(f"{where} must be a number, got {_short(value)}")
+        try:
+            return float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise ValueError(f"{where} must be a number within float range, got {_short(value)}") from None
     if annotation == "str":
         if not isinstance(value, str):
-            raise ValueError(f"{where} must be a string, got {value!r}")
+            raise ValueError(f"{where} must be a string, got {_short(value)}")
         return value
     raise TypeError(f"no conversion for {annotation}")  # a new field type: a programming error
+
+
+def _short(value: object) -> str:
+    """A value for a message, cut: a 400-digit integer is shown by its first digits and its length."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**40:
+        return f"{str(value)[:12]}... ({len(str(abs(value)))} digits)"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from .errors import InputError
 from .files import atomic_path
 
 N_PIXELS = 784
@@ -34,7 +35,7 @@ _LINE_END = re.compile(rb"\r|\n")
 _BYTE = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255 in plain digits
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Input that cannot be used. The message names the file, the line or column, and the fault."""
 
 

@@ -27,6 +27,7 @@ from .data import N_CLASSES, DataError, Digits, split, split_indices
 from .evaluate import accuracy, predict_proba
 from .methods import NetClassifier, estimator_proba, make_estimator
 from .rundir import JobRecord, RunDir
+from .train import format_duration, show_bars
 
 
 @dataclass
@@ -89,6 +90,8 @@ def train_job(job: Job, digits: Digits, test: Digits | None = None, device: str 
         if job.heldout_tta:
             proba_tta = predict_proba(estimator.network_, scored.images, device=device, tta=True)
         history = estimator.history_
+        # Every epoch counts, also those an interrupted process trained before this one resumed the job.
+        seconds = max(seconds, history[-1]["elapsed"])
         estimator.network_.cpu()  # results travel (and are saved) from the CPU
     return JobResult(job, estimator if job.keep_model else None, history, accuracy(proba, scored.labels), proba,
                      proba_tta, test_proba, seconds, predict_seconds, socket.gethostname(), str(device))
@@ -194,23 +197,28 @@ def run_jobs(jobs: list[Job], digits: Digits, run_dir: RunDir, executor: Executo
              progress: bool = True) -> dict[str, JobRecord]:
     """Run the jobs of a plan that have not finished yet and write each result as it arrives.
 
-    Returns every job's record by name, finished earlier or now. With several jobs, one bar of jobs done (on
-    a terminal) and one line per finished job report progress.
+    The records of the jobs finished earlier are read and checked first, before any training, so that a damaged
+    one is named at once. Returns every job's record by name. With several jobs, one bar of jobs done (on a
+    terminal) and one line per finished job report progress.
     """
-    pending = [job for job in jobs if not run_dir.finished(job.name)]
+    test_rows = len(test) if test is not None else None
+    records = {job.name: run_dir.read_job(job, test_rows) for job in jobs if run_dir.finished(job.name)}
+    pending = [job for job in jobs if job.name not in records]
     several = len(jobs) > 1
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="jobs", unit="job",
-               disable=not (progress and several and sys.stderr.isatty()), file=sys.stderr)
-    if progress and several and len(pending) < len(jobs):
-        tqdm.write(f"{len(jobs) - len(pending)} of {len(jobs)} jobs already finished in {run_dir.path}",
-                   file=sys.stderr)
+    bar = tqdm(total=len(jobs), initial=len(records), desc="jobs", unit="job",
+               disable=not (progress and several and show_bars()), file=sys.stderr)
+    if progress and several and records:
+        tqdm.write(f"{len(records)} of {len(jobs)} jobs already finished in {run_dir.path}", file=sys.stderr)
+    started = time.perf_counter()
     try:
-        for result in executor(pending, digits, test, run_dir, progress):
-            run_dir.write_job(result)
+        for done, result in enumerate(executor(pending, digits, test, run_dir, progress), start=1):
+            records[result.job.name] = run_dir.write_job(result)
             bar.update()
             if progress and several:
+                left = (len(pending) - done) * (time.perf_counter() - started) / done
+                eta = f", {len(pending) - done} to go, ETA {format_duration(left)}" if done < len(pending) else ""
                 tqdm.write(f"{result.job.name}: held-out accuracy {result.accuracy:.4f}, {result.seconds:.0f}s on "
-                           f"{result.where} ({result.device})", file=sys.stderr)
+                           f"{result.where} ({result.device}){eta}", file=sys.stderr)
     finally:
         bar.close()
-    return {job.name: run_dir.read_job(job.name) for job in jobs}
+    return {job.name: records[job.name] for job in jobs}

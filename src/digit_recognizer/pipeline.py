@@ -68,13 +68,14 @@ def train_run(
     if tensorboard:  # jobs that finished before, in a run started without --tensorboard
         for job in jobs:
             if not run_dir.has_job_events(job.name):
-                run_dir.write_job_events(job, records[job.name].history, records[job.name].summary["accuracy"])
+                run_dir.write_job_events(job, records[job.name].history, records[job.name].summary.accuracy)
     if ensemble:
         metrics = _report_ensemble(run_dir, digits, list(records.values()), members, folds)
     else:
         metrics = _report_single(run_dir, digits, records[""], method)
     metrics["execution"] = {**executor.describe(), "jobs": [
-        {key: record.summary[key] for key in ("name", "where", "device", "seconds")} for record in records.values()]}
+        {"name": r.summary.name, "where": r.summary.where, "device": r.summary.device, "seconds": r.summary.seconds}
+        for r in records.values()]}
     run_dir.write_metrics(metrics)
     if tensorboard:
         run_dir.write_run_events(metrics)
@@ -107,9 +108,9 @@ def _report_single(run_dir: RunDir, digits: Digits, record: JobRecord, method: s
         "model": method,
         "val_accuracy": accuracy(proba, labels),
         "val_loss": log_loss(proba, labels),
-        "train_seconds": record.summary["seconds"],
-        "device": record.summary["device"],
-        "n_train": record.summary["train_rows"],
+        "train_seconds": record.summary.seconds,
+        "device": record.summary.device,
+        "n_train": record.summary.train_rows,
         "n_val": len(labels),
         "per_class": per_class(labels, proba.argmax(1)),
     }
@@ -138,7 +139,7 @@ def _report_ensemble(run_dir: RunDir, digits: Digits, records: list[JobRecord], 
         proba[m, record.scored_rows] = record.proba
         proba_tta[m, record.scored_rows] = record.proba_tta
         held_out[record.scored_rows] = True
-        seconds[m] += record.summary["seconds"]
+        seconds[m] += record.summary.seconds
     y = digits.labels[held_out]
     table = [{"model": f"member {m}", "accuracy": accuracy(proba[m, held_out], y),
               "accuracy_tta": accuracy(proba_tta[m, held_out], y), "train_seconds": round(seconds[m], 1)}
@@ -194,15 +195,15 @@ def compare(
     rows = []
     for method in models:
         mine = [records[job.name] for job in jobs if job.method == method]
-        scores = [record.summary["accuracy"] for record in mine]
+        scores = [record.summary.accuracy for record in mine]
         rows.append({
             "model": method,
             "accuracy": float(np.mean(scores)),
             "accuracy_std": float(np.std(scores)),
-            "fit_seconds": round(float(np.mean([r.summary["seconds"] for r in mine])), 2),
-            "predict_seconds": round(float(np.mean([r.summary["predict_seconds"] for r in mine])), 3),
-            "n_train": mine[0].summary["train_rows"],
-            "n_val": mine[0].summary["scored_rows"],
+            "fit_seconds": round(float(np.mean([r.summary.seconds for r in mine])), 2),
+            "predict_seconds": round(float(np.mean([r.summary.predict_seconds for r in mine])), 3),
+            "n_train": mine[0].summary.train_rows,
+            "n_val": mine[0].summary.scored_rows,
             "folds": len(mine),
             "settings": describe(method, next(job.config for job in jobs if job.method == method)),
         })

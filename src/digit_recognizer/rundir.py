@@ -9,26 +9,34 @@ or a comparison under ``jobs/<name>/``. A job's record is ``config.json`` (metho
 probabilities) and, written last, ``job.json``: a job whose ``job.json`` exists has finished.
 
 A directory made by other settings is never reused silently: :meth:`RunDir.start` resumes only a run with the
-same ``run.json``, and otherwise refuses, or with ``overwrite`` clears the run's files first. Every file is
-written atomically (:mod:`digit_recognizer.files`), and the temporary files of an interrupted write are removed
-when the next run starts. Everything read back is checked as input from outside.
+same ``run.json``, and otherwise refuses, or with ``overwrite`` clears the run's files first. ``run.json`` also
+lists every file the run has written (``files``, recorded before each is written): those, and the temporary
+files of their interrupted writes, are the only files ``overwrite`` and a resumed run ever remove, and a folder
+without ``run.json`` is never cleared. Every file is written atomically (:mod:`digit_recognizer.files`).
+Everything read back is checked as input from outside: bounded in size, regular files only, every value checked
+against the job it belongs to.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import json
+import math
+import os
 import re
-import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import __version__
 from .config import TrainConfig, check_method
-from .files import atomic_path, check_writable, write_json
+from .errors import InputError, first_line
+from .files import atomic_path, check_writable, read_bounded, temporaries_of, write_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,16 +74,25 @@ HELDOUT_FILE = "heldout.npz"
 JOB_FILE = "job.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 
-# Everything a run writes: what --overwrite clears, and what marks a directory as holding a run.
+
+# The names a run writes at the top of its directory: a folder holding any of them without run.json is another
+# tool's (or a damaged run's), never mixed into nor cleared.
 RUN_FILES = (MANIFEST_FILE, METRICS_FILE, SUBMISSION_FILE, CURVES_FILE, CONFUSION_FILE, ERRORS_FILE,
              COMPARISON_TABLE, COMPARISON_FIGURE, CONFIG_FILE, WEIGHTS_FILE, SKOPS_FILE, HISTORY_FILE,
              HELDOUT_FILE, JOB_FILE, CHECKPOINT_FILE, SUBMISSIONS_DIR, JOBS_DIR, STUDY_FILE, f"{STUDY_FILE}-journal",
              TRIALS_TABLE, BEST_CONFIG, BEST_COMMAND, SEARCH_HISTORY_FIGURE, SEARCH_IMPORTANCES_FIGURE, REPORT_FILE,
              TENSORBOARD_DIR)
+FILES = "files"  # run.json's list of every file the run has written, relative to the directory
 KINDS = ("single", "ensemble", "compare", "tune")
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "images_per_second",
+                   "elapsed")
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_MAX_JSON = 1 << 20  # a run's JSON files are a few KB; anything far larger is not one of ours
+_MAX_JSON = 1 << 20  # a run's JSON files are a few KB (run.json's list of files some tens of KB)
 _MAX_REPORT = 64 << 20  # report.html inlines a few figures: a few hundred KB
+_MAX_FIGURE = 16 << 20
+_MAX_HISTORY = 16 << 20  # a row per epoch
+_MAX_HELDOUT = 512 << 20  # probabilities of at most a few hundred thousand rows
+_MAX_CHECKPOINT = 2 << 30  # weights, optimiser state and a weight average of the largest allowed network
 # Event files of TensorBoard, by who writes them: a job's (per-epoch scalars), or the run's (figures, settings
 # with the final metrics). Each writer replaces only its own files, so either can be written again.
 JOB_EVENTS, RUN_EVENTS = ".job", ".run"
@@ -83,16 +100,64 @@ FINAL_METRICS = ("val_accuracy", "val_loss", "single_model_accuracy", "ensemble_
                  "ensemble_loss")
 
 
-class RunDirError(ValueError):
+class RunDirError(InputError):
     """A run directory, or a model directory, that cannot be used; the message names the file and the fault."""
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """A finished job's ``job.json``: what it was and how it went."""
+
+    name: str
+    method: str
+    accuracy: float          # on its scored rows
+    seconds: float           # training, every epoch counted (also those of an interrupted process)
+    predict_seconds: float   # predicting its scored rows
+    where: str               # host (and, on a cluster, node) it ran on
+    device: str
+    train_rows: int
+    scored_rows: int
+    epochs: int              # networks: epochs trained; 0 for a scikit-learn method
+    resources: dict | None = None  # on a cluster, the CPUs and GPUs the task was given
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str) -> JobSummary:
+        """Check ``values`` (names, types, ranges) as read from a file; raises RunDirError naming ``where``."""
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        missing = sorted(set(fields) - set(values) - {"resources"})
+        if unknown or missing:
+            raise RunDirError(f"{where}: {'unknown key ' + repr(unknown[0]) if unknown else 'no ' + repr(missing[0])}")
+        for name, kind in fields.items():
+            value = values.get(name)
+            ok = {"str": isinstance(value, str),
+                  "int": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                  "float": isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+                  and value >= 0}.get(kind)
+            if kind.startswith("dict"):
+                ok = value is None or (isinstance(value, dict) and all(
+                    isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+                    for k, v in value.items()))
+            if not ok:
+                raise RunDirError(f"{where}: '{name}' must be {_KIND_WORDS[kind]}, got {str(value)[:60]!r}")
+        if values["accuracy"] > 1:
+            raise RunDirError(f"{where}: 'accuracy' must be in 0 .. 1, got {values['accuracy']!r}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_KIND_WORDS = {"str": "a string", "int": "a whole number >= 0", "float": "a finite number >= 0",
+               "dict | None": "null or a table of numbers"}
 
 
 @dataclass
 class JobRecord:
-    """A finished job as read back from its folder."""
+    """A finished job: its summary, its held-out probabilities and (networks) its history."""
 
     name: str
-    summary: dict                   # job.json
+    summary: JobSummary
     scored_rows: np.ndarray
     proba: np.ndarray
     proba_tta: np.ndarray | None
@@ -131,56 +196,83 @@ class RunDir:
         """Prove, before any training, that files can be written here; leaves no trace."""
         try:
             check_writable(self.path, directory=True)
-        except ValueError as err:
+        except InputError as err:
             raise RunDirError(str(err)) from None
 
     def start(self, what: dict, overwrite: bool = False) -> bool:
         """Begin or resume the run described by ``what`` (see :func:`manifest`); returns True when resuming.
 
-        A directory that holds a run made otherwise (other settings, other data, another kind of run, or files
-        of a run without ``run.json``) is refused, unless ``overwrite``: then the run's files are removed first
-        (and only those). Temporary files of an interrupted write are removed either way.
+        A directory that holds a run made otherwise (other settings, other data, another kind of run) is
+        refused, unless ``overwrite``: then the files that run recorded as its own are removed first, and only
+        those. A directory holding files of a run's names without ``run.json`` is refused whatever the flag: it
+        is not the project's to clear. Resuming removes the temporary files of the run's interrupted writes.
         """
         self.check_writable()
-        self.path.mkdir(parents=True, exist_ok=True)
-        for tmp in self.path.rglob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
-        if overwrite:
-            self.clear()
-        existing = self._read_json(self.path / MANIFEST_FILE) if (self.path / MANIFEST_FILE).is_file() else None
-        if existing is None and any((self.path / name).exists() for name in RUN_FILES):
-            raise RunDirError(f"{self.path}: holds the outputs of another run (no {MANIFEST_FILE}); "
-                              "choose another --out, or add --overwrite to clear it")
-        if existing is not None:
+        existing = self.read_manifest() if _exists(self.path / MANIFEST_FILE) else None
+        if existing is None:
+            found = [name for name in RUN_FILES if _exists(self.path / name)]
+            if found:
+                raise RunDirError(f"{self.path}: holds {found[0]} but no {MANIFEST_FILE}, so it is not a run "
+                                  "directory of digit-recognizer; choose another --out (--overwrite clears only "
+                                  "the files a run recorded as its own, never a folder without run.json)")
+        else:
             changed = _differences(existing, what)
-            if changed:
+            if changed and not overwrite:
                 raise RunDirError(f"{self.path}: holds a run made with other settings ({'; '.join(changed[:4])}); "
                                   "run the same command to resume it, choose another --out, "
                                   "or add --overwrite to clear it")
+            if overwrite:
+                self._clear(existing[FILES])
+                existing = None
+        if existing is not None:
+            for entry in existing[FILES]:
+                for tmp in temporaries_of(self.path / entry):
+                    tmp.unlink(missing_ok=True)
             return True
-        write_json(what, self.path / MANIFEST_FILE)
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json({**what, FILES: [MANIFEST_FILE]}, self.path / MANIFEST_FILE)
         return False
 
-    def clear(self) -> None:
-        """Remove the files a run writes (and nothing else)."""
-        for name in RUN_FILES:
-            target = self.path / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
+    def _clear(self, files: list[str]) -> None:
+        """Remove the files a run recorded (and the temporaries of their interrupted writes), then the folders
+        it made that are left empty; ``run.json`` last. A file of another's put into a run's folder stays, and so
+        does its folder."""
+        root = os.path.realpath(self.path)
+        folders = set()
+        for entry in sorted(files, key=lambda e: e == MANIFEST_FILE):
+            target = self.path / entry
+            if not Path(os.path.realpath(target.parent)).is_relative_to(root):
+                continue  # a folder replaced by a link out of the directory: nothing there is the run's
+            for tmp in temporaries_of(target):
+                tmp.unlink(missing_ok=True)
+            if target.is_symlink() or target.is_file():
                 target.unlink()
+            folders.update(p for p in target.parents if p != self.path and p.is_relative_to(self.path))
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+            if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+                folder.rmdir()
+
+    def _record(self, *paths: Path) -> None:
+        """Add ``paths`` to run.json's list of the run's files, before they are written."""
+        what = self.read_manifest()
+        new = [rel for path in paths if (rel := path.relative_to(self.path).as_posix()) not in what[FILES]]
+        if new:
+            write_json({**what, FILES: [*what[FILES], *dict.fromkeys(new)]}, self.path / MANIFEST_FILE)
 
     # --- jobs ----------------------------------------------------------------------------------------------
 
     def finished(self, name: str) -> bool:
-        return (self.job_dir(name) / JOB_FILE).is_file()
+        return _exists(self.job_dir(name) / JOB_FILE)
 
-    def write_job(self, result: JobResult) -> None:
-        """Write a finished job's record, ``job.json`` last, and drop its checkpoint."""
+    def write_job(self, result: JobResult) -> JobRecord:
+        """Write a finished job's record, ``job.json`` last, drop its checkpoint; returns the record."""
         from .methods import save_estimator
 
         job = result.job
         folder = self.job_dir(job.name)
+        files = [folder / name for name in (CONFIG_FILE, _model_file(job.method), HISTORY_FILE, HELDOUT_FILE,
+                                            JOB_FILE)]
+        self._record(*files)
         write_json({"method": job.method, "train": _settings(job.config)}, folder / CONFIG_FILE)
         if result.estimator is not None:
             save_estimator(result.estimator, folder / _model_file(job.method))
@@ -192,33 +284,36 @@ class RunDir:
                 arrays[key] = getattr(result, key)
         with atomic_path(folder / HELDOUT_FILE) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
-        write_json({"name": job.name, "method": job.method, "accuracy": result.accuracy,
-                    "seconds": round(result.seconds, 2), "predict_seconds": round(result.predict_seconds, 3),
-                    "where": result.where, "device": result.device, "train_rows": len(job.train_rows),
-                    "scored_rows": len(job.scored_rows), "epochs": len(result.history or []),
-                    "resources": result.resources}, folder / JOB_FILE)
+        summary = JobSummary(job.name, job.method, float(result.accuracy), round(result.seconds, 2),
+                             round(result.predict_seconds, 3), result.where, result.device, len(job.train_rows),
+                             len(job.scored_rows), len(result.history or []), result.resources)
+        write_json(summary.to_dict(), folder / JOB_FILE)
         (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
         if self.tensorboard:
             self.write_job_events(job, result.history, result.accuracy)
+        return JobRecord(job.name, summary, job.scored_rows, result.proba, result.proba_tta, result.test_proba,
+                         result.history)
 
-    def read_job(self, name: str) -> JobRecord:
-        folder = self.job_dir(name)
-        summary = self._read_json(folder / JOB_FILE)
-        try:
-            with np.load(folder / HELDOUT_FILE, allow_pickle=False) as saved:
-                arrays = {key: saved[key] for key in saved.files}
-        except (OSError, ValueError, KeyError) as err:
-            raise RunDirError(f"{folder / HELDOUT_FILE}: cannot read ({err})") from None
-        history = None
-        if (folder / HISTORY_FILE).is_file():
-            import pandas as pd
-
-            history = pd.read_csv(folder / HISTORY_FILE).to_dict("records")
-        return JobRecord(name, summary, arrays["scored_rows"], arrays["proba"], arrays.get("proba_tta"),
+    def read_job(self, job: Job, test_rows: int | None = None) -> JobRecord:
+        """A finished job's record, every value checked against ``job`` (its rows, method and epochs) and the
+        test set of ``test_rows`` images it predicted; a fault raises RunDirError naming the file."""
+        folder = self.job_dir(job.name)
+        where = folder / JOB_FILE
+        summary = JobSummary.from_dict(self._read_json(where), str(where))
+        network = check_method(job.method).network
+        expected = {"name": job.name, "method": job.method, "train_rows": len(job.train_rows),
+                    "scored_rows": len(job.scored_rows), "epochs": job.config.epochs if network else 0}
+        for key, value in expected.items():
+            if getattr(summary, key) != value:
+                raise RunDirError(f"{where}: '{key}' is {getattr(summary, key)!r}, but the job has {value!r}; "
+                                  f"delete {folder} to train that job again, or use --overwrite")
+        arrays = _read_heldout(folder / HELDOUT_FILE, job, network, test_rows)
+        history = _read_history(folder / HISTORY_FILE, job.config.epochs) if network else None
+        return JobRecord(job.name, summary, arrays["scored_rows"], arrays["proba"], arrays.get("proba_tta"),
                          arrays.get("test_proba"), history)
 
     def checkpoint(self, name: str) -> FileCheckpoint:
-        return FileCheckpoint(self.job_dir(name) / CHECKPOINT_FILE)
+        return FileCheckpoint(self.job_dir(name) / CHECKPOINT_FILE, self._record)
 
     def drop_checkpoint(self, name: str) -> None:
         """Remove a job's checkpoint, and its folder if nothing else is left there (a job kept in a study only)."""
@@ -229,27 +324,38 @@ class RunDir:
 
     def study_storage(self) -> str:
         """The database URL of a search's Optuna study (SQLite, in the run directory)."""
-        return f"sqlite:///{(self.path / STUDY_FILE).resolve()}"
+        study = self.path / STUDY_FILE
+        self._record(study, *(study.with_name(study.name + end) for end in ("-journal", "-wal", "-shm")))
+        return f"sqlite:///{study.resolve()}"
 
     # --- outputs -------------------------------------------------------------------------------------------
 
     def write_metrics(self, metrics: dict) -> None:
+        self._record(self.path / METRICS_FILE)
         write_json(metrics, self.path / METRICS_FILE)
 
     def write_figure(self, figure: Figure, name: str) -> None:
         import matplotlib.pyplot as plt
 
+        self._record(self.path / name)
         with atomic_path(self.path / name) as tmp:
             figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         plt.close(figure)
 
     def write_table(self, table: pd.DataFrame, name: str, folder: Path | None = None) -> None:
+        self._record((folder or self.path) / name)
         with atomic_path((folder or self.path) / name) as tmp:
             table.to_csv(tmp, index=False)
 
     def write_text(self, text: str, name: str) -> None:
+        self._record(self.path / name)
         with atomic_path(self.path / name) as tmp:
             tmp.write_text(text, encoding="utf-8")
+
+    def remove(self, name: str) -> None:
+        """Remove one of the run's own output files (one that no longer describes the run)."""
+        if name in self.read_manifest()[FILES]:
+            (self.path / name).unlink(missing_ok=True)
 
     def write_report(self, html: str) -> None:
         """``report.html``: the run on one self-contained page (see :mod:`digit_recognizer.report`)."""
@@ -269,7 +375,7 @@ class RunDir:
 
         hparams = {"job": job.name, "method": job.method, **_settings(job.config)} if job.name else None
         metrics = {"final/held_out_accuracy": accuracy} if job.name else None
-        write_events(self.events_dir(job.name), JOB_EVENTS, history=history, hparams=hparams, metrics=metrics)
+        self._write_events(job.name, JOB_EVENTS, write_events, history=history, hparams=hparams, metrics=metrics)
 
     def write_run_events(self, metrics: dict) -> None:
         """The run's confusion matrix and error gallery as images, and its settings (``run.json``) with its final
@@ -279,17 +385,22 @@ class RunDir:
         what = self.read_manifest()
         hparams = {key: what[key] for key in ("kind", "method", "members", "folds") if key in what}
         hparams.update(what.get("train", {}))
-        images = {tag: (self.path / name).read_bytes() for tag, name in (("confusion_matrix", CONFUSION_FILE),
-                                                                         ("errors", ERRORS_FILE))
-                  if (self.path / name).is_file()}
+        images = {tag: figure for tag, name in (("confusion_matrix", CONFUSION_FILE), ("errors", ERRORS_FILE))
+                  if (figure := self.read_figure(name)) is not None}
         final = {f"final/{key}": metrics[key] for key in FINAL_METRICS if key in metrics}
-        write_events(self.events_dir(""), RUN_EVENTS, hparams=hparams, metrics=final, images=images)
+        self._write_events("", RUN_EVENTS, write_events, hparams=hparams, metrics=final, images=images)
+
+    def _write_events(self, name: str, suffix: str, write_events, **what: object) -> None:
+        folder = self.events_dir(name)
+        write_events(folder, suffix, **what)
+        self._record(*folder.glob(f"events.out.tfevents.*{suffix}"))
 
     def write_submission(self, labels: np.ndarray, method: str | None = None) -> Path:
         """``submission.csv``, or a comparison's ``submissions/<method>.csv``."""
         from .predict import write_submission
 
         path = self.path / (SUBMISSION_FILE if method is None else Path(SUBMISSIONS_DIR) / f"{method}.csv")
+        self._record(path)
         write_submission(labels, path)
         return path
 
@@ -299,21 +410,28 @@ class RunDir:
         return self._read_json(self.path / METRICS_FILE)
 
     def read_figure(self, name: str) -> bytes | None:
-        """A figure's PNG bytes, or None where the run has no such figure."""
+        """A figure's PNG bytes, or None where the run has no such figure (a link is never followed)."""
         path = self.path / name
-        return path.read_bytes() if path.is_file() else None
+        if not _exists(path):
+            return None
+        try:
+            return read_bounded(path, _MAX_FIGURE, "a figure", follow_links=False)
+        except InputError as err:
+            raise RunDirError(str(err)) from None
 
     def read_report(self) -> str | None:
-        """``report.html``, or None where the run has none (a run made before reports, a job's folder)."""
+        """``report.html``, or None where the run has none (a run made before reports, a job's folder). Only a
+        regular file inside the directory is read: a link (to ``/etc/passwd``, say) is refused."""
         path = self.path / REPORT_FILE
-        if not path.is_file():
+        if not _exists(path):
             return None
-        if path.stat().st_size > _MAX_REPORT:
-            raise RunDirError(f"{path}: {path.stat().st_size:,} bytes is far more than a report holds")
-        return path.read_text(encoding="utf-8", errors="replace")
+        try:
+            return read_bounded(path, _MAX_REPORT, "a report", follow_links=False).decode("utf-8", "replace")
+        except InputError as err:
+            raise RunDirError(str(err)) from None
 
     def read_manifest(self) -> dict:
-        """``run.json``, checked: a known kind and job names that stay inside the directory."""
+        """``run.json``, checked: a known kind, job names and file names that stay inside the directory."""
         what = self._read_json(self.path / MANIFEST_FILE)
         where = self.path / MANIFEST_FILE
         if what.get("kind") not in KINDS:
@@ -321,6 +439,10 @@ class RunDir:
         jobs = what.get("jobs")
         if not isinstance(jobs, list) or not all(isinstance(n, str) and _JOB_NAME.fullmatch(n) for n in jobs):
             raise RunDirError(f"{where}: 'jobs' must be a list of job names (letters, digits, '-' and '_')")
+        files = what.get(FILES)
+        if not isinstance(files, list) or not all(_inside_name(entry) for entry in files):
+            raise RunDirError(f"{where}: '{FILES}' must list the run's files by relative paths inside the directory "
+                              "(a run directory made by an older version has no such list: choose another --out)")
         return what
 
     def read_model_config(self, folder: Path) -> tuple[str, TrainConfig]:
@@ -342,13 +464,13 @@ class RunDir:
         return method, cfg
 
     def _read_json(self, path: Path) -> dict:
+        if not _exists(path):
+            raise RunDirError(f"{path}: not found; is {self.path} a directory made by 'run' or 'train'?")
         try:
-            if path.stat().st_size > _MAX_JSON:
-                raise ValueError(f"{path.stat().st_size:,} bytes is far more than such a file holds")
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise RunDirError(f"{path}: not found; is {self.path} a directory made by 'run' or 'train'?") from None
-        except (OSError, ValueError, RecursionError) as err:
+            value = json.loads(read_bounded(path, _MAX_JSON).decode("utf-8"))
+        except InputError as err:
+            raise RunDirError(str(err)) from None
+        except (ValueError, RecursionError) as err:
             raise RunDirError(f"{path}: not valid JSON ({str(err)[:200]})") from None
         if not isinstance(value, dict):
             raise RunDirError(f"{path}: expected a JSON object, got {type(value).__name__}")
@@ -359,25 +481,69 @@ class FileCheckpoint:
     """A job's training state between epochs, in one file (tensors and plain values only: loaded with torch's
     ``weights_only`` unpickler, which builds no other objects)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, record: Callable[[Path], None] | None = None) -> None:
         self.path = path
+        self.record = record  # tells the run directory, before the first save, that the file is the run's
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
 
     def load(self) -> dict | None:
-        if not self.path.is_file():
+        if not _exists(self.path):
             return None
         import torch
 
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=True)
+            data = read_bounded(self.path, _MAX_CHECKPOINT, "a checkpoint")
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as err:  # any damage to the file, whatever torch raises for it
-            raise RunDirError(f"{self.path}: cannot resume from this checkpoint ({type(err).__name__}); "
+            raise RunDirError(f"{self.path}: cannot resume from this checkpoint ({first_line(err)}); "
                               "delete it to restart that training, or use --overwrite") from None
+        if not isinstance(state, dict):
+            raise RunDirError(f"{self.path}: cannot resume from this checkpoint (not a table of training state); "
+                              "delete it to restart that training, or use --overwrite")
+        return state
 
     def save(self, state: dict) -> None:
         import torch
 
+        if self.record is not None:
+            self.record(self.path)
+            self.record = None
         with atomic_path(self.path) as tmp:
             torch.save(state, tmp)
+
+
+def model_folders(path: str | Path) -> list[Path]:
+    """The folders holding the model(s) of a run directory, or of one job's folder: one for a single model, one
+    per job for an ensemble. Raises RunDirError for a directory that holds no model."""
+    run_dir = RunDir(path)
+    if not run_dir.path.is_dir():
+        raise RunDirError(f"{run_dir.path}: not found, or not a directory")
+    if not _exists(run_dir.path / MANIFEST_FILE):
+        return [run_dir.path]  # a job's folder
+    what = run_dir.read_manifest()
+    if what["kind"] == "compare":
+        raise RunDirError(f"{run_dir.path}: a comparison keeps no models; train one with 'run --model NAME'")
+    if what["kind"] == "tune":
+        raise RunDirError(f"{run_dir.path}: a search keeps no models; train its best settings with the command "
+                          f"in {run_dir.path / BEST_COMMAND}")
+    folders = [run_dir.job_dir(name) for name in what["jobs"]] if what["kind"] == "ensemble" else [run_dir.path]
+    unfinished = [f.name for f in folders if not _exists(f / JOB_FILE)]
+    if unfinished:
+        raise RunDirError(f"{run_dir.path}: unfinished ({len(folders) - len(unfinished)} of {len(folders)} jobs "
+                          "done); run the same command again to finish it")
+    return folders
+
+
+def model_files(path: str | Path) -> list[Path]:
+    """Every file :func:`load_model` reads from ``path``: a command must not write its output over one of them."""
+    folders = model_folders(path)
+    files = [Path(path) / MANIFEST_FILE] if _exists(Path(path) / MANIFEST_FILE) else []
+    for folder in folders:
+        files += [folder / CONFIG_FILE, folder / WEIGHTS_FILE, folder / SKOPS_FILE]
+    return files
 
 
 def load_model(path: str | Path, device: str = "cpu", tta: bool = False) -> BaseEstimator:
@@ -388,24 +554,8 @@ def load_model(path: str | Path, device: str = "cpu", tta: bool = False) -> Base
     from .methods import EnsembleModel, load_estimator
 
     run_dir = RunDir(path)
-    if not run_dir.path.is_dir():
-        raise RunDirError(f"{run_dir.path}: not found, or not a directory")
-    folders = [run_dir.path]
-    if (run_dir.path / MANIFEST_FILE).is_file():
-        what = run_dir.read_manifest()
-        if what["kind"] == "compare":
-            raise RunDirError(f"{run_dir.path}: a comparison keeps no models; train one with 'run --model NAME'")
-        if what["kind"] == "tune":
-            raise RunDirError(f"{run_dir.path}: a search keeps no models; train its best settings with the command "
-                              f"in {run_dir.path / BEST_COMMAND}")
-        if what["kind"] == "ensemble":
-            folders = [run_dir.job_dir(name) for name in what["jobs"]]
-        unfinished = [f.name for f in folders if not (f / JOB_FILE).is_file()]
-        if unfinished:
-            raise RunDirError(f"{run_dir.path}: unfinished ({len(folders) - len(unfinished)} of {len(folders)} jobs "
-                              "done); run the same command again to finish it")
     models = []
-    for folder in folders:
+    for folder in model_folders(path):
         method, cfg = run_dir.read_model_config(folder)
         model_file = folder / _model_file(method)
         if not model_file.is_file():
@@ -415,6 +565,69 @@ def load_model(path: str | Path, device: str = "cpu", tta: bool = False) -> Base
         except ValueError as err:
             raise RunDirError(str(err)) from None
     return models[0] if len(models) == 1 else EnsembleModel(models)
+
+
+def _read_heldout(path: Path, job: Job, network: bool, test_rows: int | None) -> dict[str, np.ndarray]:
+    """A job's ``heldout.npz``, checked against the job: the very rows it was scored on, probabilities of the
+    right shape (finite, 0-1), the arrays a job of its kind writes and no others."""
+    try:
+        with np.load(io.BytesIO(read_bounded(path, _MAX_HELDOUT, "a job's probabilities")),
+                     allow_pickle=False) as saved:
+            arrays = {key: saved[key] for key in saved.files}
+    except InputError as err:
+        raise RunDirError(str(err)) from None
+    except Exception as err:  # NumPy and zipfile raise many kinds for a damaged archive; none may escape
+        raise RunDirError(f"{path}: cannot read ({first_line(err)})") from None
+    expected = {"scored_rows", "proba"} | ({"proba_tta"} if network and job.heldout_tta else set()) | (
+        {"test_proba"} if job.predict_test and test_rows is not None else set())
+    if set(arrays) != expected:
+        raise RunDirError(f"{path}: holds {', '.join(sorted(arrays)) or 'nothing'}, expected "
+                          f"{', '.join(sorted(expected))}")
+    rows = arrays["scored_rows"]
+    if rows.dtype.kind not in "iu" or not np.array_equal(rows, job.scored_rows):
+        raise RunDirError(f"{path}: 'scored_rows' are not the rows this job is scored on")
+    for key, n in (("proba", len(rows)), ("proba_tta", len(rows)), ("test_proba", test_rows)):
+        if key in arrays:
+            p = arrays[key]
+            if p.dtype.kind != "f" or p.shape != (n, 10) or not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
+                raise RunDirError(f"{path}: '{key}' must be probabilities of shape ({n}, 10), got {p.dtype} "
+                                  f"{p.shape}")
+    return arrays
+
+
+def _read_history(path: Path, epochs: int) -> list[dict]:
+    """A network's ``history.csv``: one row of finite numbers per epoch, epochs 1 .. ``epochs``."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(io.BytesIO(read_bounded(path, _MAX_HISTORY, "a history")))
+        missing = [column for column in HISTORY_COLUMNS if column not in frame.columns]
+        if missing:
+            raise ValueError(f"no column '{missing[0]}'")
+        values = frame[list(HISTORY_COLUMNS)].to_numpy(dtype=np.float64)
+    except InputError as err:
+        raise RunDirError(str(err)) from None
+    except (ValueError, TypeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise RunDirError(f"{path}: not a history of epochs ({first_line(err)})") from None
+    if not np.isfinite(values).all() or not np.array_equal(values[:, 0], np.arange(1, len(values) + 1)):
+        raise RunDirError(f"{path}: not a history of epochs (non-finite values, or epochs not numbered 1, 2, ...)")
+    if len(values) != epochs:
+        raise RunDirError(f"{path}: {len(values)} epochs, but the job trains {epochs}")
+    return [{column: (int(value) if column == "epoch" else float(value))
+             for column, value in zip(HISTORY_COLUMNS, row, strict=True)} for row in values]
+
+
+def _exists(path: Path) -> bool:
+    """Whether anything is there, a dangling link included."""
+    return path.is_symlink() or path.exists()
+
+
+def _inside_name(entry: object) -> bool:
+    """A file name of run.json's list: a relative path that cannot leave the directory."""
+    if not isinstance(entry, str) or not entry or "\\" in entry:
+        return False
+    parts = PurePosixPath(entry).parts
+    return not PurePosixPath(entry).is_absolute() and all(p not in ("", ".", "..") for p in parts) and len(parts) <= 4
 
 
 def _model_file(method: str) -> str:
@@ -437,11 +650,10 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 def _differences(old: dict, new: dict) -> list[str]:
     """What differs between two manifests, as 'key old -> new' (nested settings by their own names)."""
     changed = []
-    for key in sorted((set(old) | set(new)) - {"version"}):
+    for key in sorted((set(old) | set(new)) - {"version", FILES}):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             changed += [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         elif a != b:
             changed.append(f"{key} {a!r} -> {b!r}" if key not in ("data", "test_data") else f"other {key}")
     return changed
-

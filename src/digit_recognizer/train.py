@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .augment import random_affine
 from .config import TrainConfig
 from .data import Digits
-from .errors import TrainingDiverged
+from .errors import InputError, TrainingDiverged, first_line
 from .evaluate import log_loss, predict_proba
 from .models import build_network, to_input
 
@@ -35,10 +35,17 @@ OPTIMIZERS = {
     "sgd": lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd),
 }
 CHANCE = 0.2  # a final validation accuracy at or below this is reported as a failed training
+# One row of history per epoch: these numbers, and "epoch".
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "images_per_second", "elapsed")
 
 
 class Checkpoint(Protocol):
     """Where the loop keeps its state between epochs (the run directory provides one)."""
+
+    @property
+    def where(self) -> str:
+        """The file, for messages."""
+        ...
 
     def load(self) -> dict | None: ...
 
@@ -97,22 +104,19 @@ def fit(
     history: list[dict] = []
     saved = checkpoint.load() if checkpoint else None
     if saved:
-        network.load_state_dict(saved["network"])
-        if averaged is not None:
-            averaged.load_state_dict(saved["averaged"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in saved:
-            torch.cuda.set_rng_state(saved["cuda_rng"], device)
-        history = saved["history"]
+        try:
+            history = _resume(saved, cfg, network, averaged, optimizer, scheduler, generator, device)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
+            raise InputError(f"{checkpoint.where}: cannot resume from this checkpoint ({first_line(err)}); "
+                             "delete it to restart that training, or use --overwrite") from None
         if progress:
             print(f"{label}resuming after epoch {len(history)}/{cfg.epochs}", file=sys.stderr)
 
     bars = progress and show_bars()
     epochs = tqdm(range(len(history) + 1, cfg.epochs + 1), desc=f"{label}epochs", unit="epoch", disable=not bars,
                   file=sys.stderr)
+    elapsed = history[-1]["elapsed"] if history else 0.0  # wall seconds of the epochs before, in any process
+    first, started_here = len(history) + 1, time.perf_counter()
     for epoch in epochs:
         network.train()
         started = time.perf_counter()
@@ -166,14 +170,17 @@ def fit(
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": seconds,
             "images_per_second": seen / seconds,
+            "elapsed": elapsed + time.perf_counter() - started,  # training and validation, every epoch so far
         }
+        elapsed = row["elapsed"]
         history.append(row)
         if cfg.schedule == "plateau":
             scheduler.step(row["val_accuracy"])
         if bars:
             epochs.set_postfix(val_acc=f"{row['val_accuracy']:.4f}")
         if progress:
-            tqdm.write(label + format_epoch(row, cfg.epochs), file=sys.stderr)
+            left = (cfg.epochs - epoch) * (time.perf_counter() - started_here) / (epoch - first + 1)
+            tqdm.write(label + format_epoch(row, cfg.epochs, left), file=sys.stderr)
         if checkpoint and epoch < cfg.epochs:
             state = {"network": network.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
@@ -188,6 +195,31 @@ def fit(
         recalibrate_batchnorm(network, x_all)
     network.eval()
     return network, history
+
+
+def _resume(saved: dict, cfg: TrainConfig, network: nn.Module, averaged: AveragedModel | None,
+            optimizer: torch.optim.Optimizer, scheduler: object, generator: torch.Generator,
+            device: torch.device) -> list[dict]:
+    """Restore the training state of a checkpoint; returns its history. A checkpoint is input like any file: a
+    missing entry, weights of another shape or a history that is not one of fewer epochs than asked raises."""
+    history = saved["history"]
+    if not isinstance(history, list) or not 1 <= len(history) < cfg.epochs:
+        raise ValueError(f"its history holds {len(history) if isinstance(history, list) else 'no'} epochs, "
+                         f"not 1 .. {cfg.epochs - 1}")
+    for number, row in enumerate(history, start=1):
+        if not isinstance(row, dict) or row.get("epoch") != number or not all(
+                isinstance(row.get(key), float | int) and math.isfinite(row[key]) for key in HISTORY_KEYS):
+            raise ValueError(f"its history row {number} is not an epoch's record")
+    network.load_state_dict(saved["network"])
+    if averaged is not None:
+        averaged.load_state_dict(saved["averaged"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in saved:
+        torch.cuda.set_rng_state(saved["cuda_rng"], device)
+    return history
 
 
 def _ema_with_warmup(decay: float):
@@ -214,9 +246,21 @@ def _check_finite(loss_sum: float, epoch: int, batch: int, label: str) -> None:
                                "lower --lr (or check the settings)")
 
 
-def format_epoch(row: dict, epochs: int) -> str:
+def format_epoch(row: dict, epochs: int, left: float | None = None) -> str:
+    """One epoch's progress line; ``left``: the estimated seconds to the last epoch."""
+    eta = f"  ETA {format_duration(left)}" if left else ""
     return (
         f"epoch {row['epoch']:>3}/{epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
         f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  lr {row['lr']:.1e}  "
-        f"{row['seconds']:.1f}s  {row['images_per_second']:.0f} img/s"
+        f"{row['seconds']:.1f}s  {row['images_per_second']:.0f} img/s{eta}"
     )
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

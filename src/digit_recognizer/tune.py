@@ -58,7 +58,8 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig, _typed, check_method
 from .data import Digits, split_indices
-from .errors import TrainingDiverged
+from .errors import TrainingDiverged, first_line
+from .files import read_bounded
 from .jobs import Executor, InProcess, Job, JobResult, check_split, fold_jobs
 from .rundir import (
     BEST_COMMAND,
@@ -68,11 +69,14 @@ from .rundir import (
     STUDY_FILE,
     TRIALS_TABLE,
     RunDir,
+    RunDirError,
     digest,
     manifest,
 )
 
 STUDY_NAME = "tune"
+MAX_SPACE_FILE = 1 << 20  # bytes; a space file is a few hundred
+SQLITE_MAGIC = b"SQLite format 3\x00"
 OBJECTIVE = "mean held-out accuracy"
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 NOT_SEARCHED = {"device": "it is the hardware, not a training setting",
@@ -144,10 +148,11 @@ def default_space(method: str, base: TrainConfig) -> dict[str, Param]:
 def read_space(path: str | Path, method: str, base: TrainConfig) -> dict[str, Param]:
     """The space of a TOML file (one table per setting); raises ValueError naming the file, the setting and
     the fault. An empty table takes the setting's range from :func:`default_space`."""
+    text = read_bounded(path, MAX_SPACE_FILE, "a search space")
     try:
-        values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise ValueError(f"{path}: cannot read the search space ({str(err)[:200]})") from None
+        values = tomllib.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as err:  # RecursionError: deep nesting
+        raise ValueError(f"{path}: cannot read the search space ({str(err)[:200] or type(err).__name__})") from None
     return parse_space(values, method, base, str(path))
 
 
@@ -193,7 +198,7 @@ def _param(name: str, table: dict, key: str) -> Param:
     log = table.get("log", False)
     if not isinstance(log, bool):
         raise ValueError(f"{key}: log must be true or false, got {log!r}")
-    if not (math.isfinite(low) and math.isfinite(high)):
+    if kind == "float" and not (math.isfinite(low) and math.isfinite(high)):  # an int is finite, however long
         raise ValueError(f"{key}: low and high must be finite numbers")
     if not low < high:
         raise ValueError(f"{key}: low ({low:g}) must be below high ({high:g})")
@@ -283,11 +288,58 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study = optuna.create_study(storage=run_dir.study_storage(), study_name=STUDY_NAME, direction="maximize",
-                                    pruner=CannotBeatBest(folds), load_if_exists=True)
+        study = open_study(run_dir, space, folds)
+        study.pruner = CannotBeatBest(folds)
         search = _Search(study, digits, run_dir, executor, method, base, space, pairs, progress)
         search.run(trials, timeout)
         return _write_outputs(study, run_dir, method, space, folds, data_dir)
+
+
+def open_study(run_dir: RunDir, space: dict[str, Param], folds: int) -> optuna.Study:
+    """The run directory's study, created or continued; a study file that is not one (text, truncated, a
+    directory) or whose trials lack or mangle their settings raises RunDirError before any trial runs."""
+    path = run_dir.path / STUDY_FILE
+    storage = run_dir.study_storage()
+    if path.is_symlink() or path.exists():
+        head = None
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as handle:
+                head = handle.read(len(SQLITE_MAGIC))
+        if head is None or (head and head != SQLITE_MAGIC):  # an empty file is a new database to SQLite
+            raise RunDirError(f"{path}: not an SQLite study; use --overwrite to start a new search")
+    try:
+        study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="maximize",
+                                    load_if_exists=True)
+        trials = study.get_trials(deepcopy=False)
+    except Exception as err:  # SQLite and SQLAlchemy raise many kinds for a damaged database
+        raise RunDirError(f"{path}: cannot read the study ({first_line(err)}); use --overwrite to start a new "
+                          "search") from None
+    for trial in trials:
+        fault = _trial_fault(trial, space, folds)
+        if fault:
+            raise RunDirError(f"{path}: trial {trial.number}: {fault}; use --overwrite to start a new search")
+    return study
+
+
+def _trial_fault(trial: FrozenTrial, space: dict[str, Param], folds: int) -> str | None:
+    """What is wrong with a trial read back from the study, or None."""
+    attrs = trial.user_attrs
+    if "config" in attrs or trial.state == TrialState.COMPLETE:
+        try:
+            TrainConfig.from_dict(attrs.get("config"), "its settings").validate()
+        except (ValueError, TypeError) as err:
+            return str(err)
+    if trial.state == TrialState.COMPLETE:
+        if set(trial.params) != set(space):
+            return f"its settings are {sorted(trial.params)}, not the searched {sorted(space)}"
+        if not (isinstance(trial.value, float) and 0 <= trial.value <= 1):
+            return f"its value {trial.value!r} is not an accuracy"
+    recorded = attrs.get("folds", {})
+    if not isinstance(recorded, dict) or not all(
+            isinstance(k, str) and k.isdigit() and int(k) < folds and isinstance(v, dict)
+            and isinstance(v.get("accuracy"), float | int) and 0 <= v["accuracy"] <= 1 for k, v in recorded.items()):
+        return "its record of finished folds is damaged"
+    return None
 
 
 @dataclass
@@ -331,8 +383,11 @@ class _Search:
         stale = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for trial in stale:
             self.study.tell(trial.number, state=TrialState.FAIL)
-            self.study.enqueue_trial(trial.params, user_attrs={
-                "retry_of": trial.user_attrs.get("retry_of", trial.number), "folds": trial.user_attrs.get("folds", {})})
+            attrs = {"retry_of": trial.user_attrs.get("retry_of", trial.number),
+                     "folds": trial.user_attrs.get("folds", {})}
+            if trial.user_attrs.get("recipe"):  # the retried recipe stays the baseline the summary compares with
+                attrs["recipe"] = True
+            self.study.enqueue_trial(trial.params, user_attrs=attrs)
         return len(stale)
 
     def _recipe_params(self) -> dict | None:
@@ -521,6 +576,8 @@ def _write_outputs(study: optuna.Study, run_dir: RunDir, method: str, space: dic
     _write_figures(study, run_dir, len(finished))
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
     if not finished:
+        for stale in (BEST_CONFIG, BEST_COMMAND):  # they would describe no trial of this study
+            run_dir.remove(stale)
         raise TrainingDiverged(f"no trial of the search finished ({counts['fail']} failed: see "
                                f"{run_dir.path / TRIALS_TABLE}); narrow the space (a lower learning rate?)")
     best = study.best_trial
