@@ -243,3 +243,15 @@ def test_tune_refuses_a_damaged_study_before_any_trial(case, small_data_dir, tmp
     monkeypatch.setattr(jobs_module, "train_job", lambda *a, **k: pytest.fail("a trial was trained"))
     assert main(command) == 2
     one_error_line(capsys, "study.db")
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "/proc/self/environ"])
+def test_serve_never_follows_a_linked_report_out_of_the_run(target, finished, capsys, monkeypatch):
+    """A report.html that is a link out of the run directory is refused at start, never served at /report."""
+    import digit_recognizer.serve as serve_module
+
+    (finished / "report.html").unlink()
+    (finished / "report.html").symlink_to(target)
+    monkeypatch.setattr(serve_module, "serve", lambda *a, **k: pytest.fail("served"))
+    assert main(["serve", "--model", str(finished), "--port", "0"]) == 2
+    one_error_line(capsys, "report.html: a symbolic link")

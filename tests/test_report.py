@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 from html.parser import HTMLParser
 
 import numpy as np
@@ -138,16 +137,18 @@ def test_serve_links_the_page_to_the_report(tiny_run):
 
 def test_serve_model_reads_the_runs_report(tiny_run, tmp_path, monkeypatch, capsys):
     served = {}
-    monkeypatch.setattr("digit_recognizer.serve.serve", lambda predictor, host, port, report: served.update(
-        report=report))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    assert main(["serve", "--model", str(tiny_run), "--port", port]) == 0
+
+    def record(predictor, sock, report):
+        served.update(report=report, port=sock.getsockname()[1])
+
+    monkeypatch.setattr("digit_recognizer.serve.serve", record)
+    assert main(["serve", "--model", str(tiny_run), "--port", "0"]) == 0  # 0: a free port, printed as the real one
     assert served["report"] == (tiny_run / "report.html").read_text()
-    assert "/report" in capsys.readouterr().err
+    port = served["port"]
+    assert port != 0
+    assert f"on http://127.0.0.1:{port}/ (its report: http://127.0.0.1:{port}/report)" in capsys.readouterr().err
     older = tmp_path / "older"  # a run made before reports were written
     shutil.copytree(tiny_run, older)
     (older / "report.html").unlink()
-    assert main(["serve", "--model", str(older), "--port", port]) == 0
-    assert served["report"] is None
+    assert main(["serve", "--model", str(older), "--port", "0"]) == 0
+    assert served["report"] is None and "/report" not in capsys.readouterr().err

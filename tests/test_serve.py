@@ -2,9 +2,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import queue
 import re
 import socket
 import struct
+import subprocess
+import sys
+import threading
 import zlib
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -12,17 +16,20 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import matplotlib
 import numpy as np
+import onnx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image, ImageDraw, ImageFont
 
 from digit_recognizer.cli import main
+from digit_recognizer.data import Digits, write_csv
 from digit_recognizer.methods import estimator_proba
 from digit_recognizer.predict import OnnxPredictor, TorchPredictor, export_onnx
 from digit_recognizer.preprocess import ImageError, decode, mnist_like
 from digit_recognizer.rundir import load_model
-from digit_recognizer.serve import MAX_BATCH, MAX_DECODES, create_app, serve
+from digit_recognizer.serve import MAX_BATCH, MAX_DECODES, allowed_hosts, create_app, listen, serve
 
 FONT = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
 LOCAL = "http://127.0.0.1"  # TestClient's default host, 'testserver', is refused like any non-loopback name
@@ -134,8 +141,16 @@ def test_predict_an_image(client):
                            headers={"content-type": "image/png"})
     assert response.status_code == 200
     result = response.json()
-    assert result["label"] == 3
+    assert set(result) == {"label", "probabilities"} and result["label"] in range(10)
     assert len(result["probabilities"]) == 10 and abs(sum(result["probabilities"]) - 1) < 1e-3
+
+
+def test_a_printed_three_is_read_as_three(client, shared_data):
+    # Needs the model trained on competition rows (shared_data): trained on the embedded digits only, it reads
+    # printed glyphs by luck.
+    response = client.post("/api/predict", content=png(render(3, 180, (30, 20))),
+                           headers={"content-type": "image/png"})
+    assert response.json()["label"] == 3
 
 
 def test_predict_json_pixels_single_and_batch(client, embedded):
@@ -280,37 +295,58 @@ def modes_of(image: Image.Image) -> dict[str, tuple[bytes, str]]:
     }
 
 
-def test_unusual_modes_and_animations_are_read_like_plain_grey(client):
+def test_unusual_modes_and_animations_are_answered(client):
     for name, (data, content_type) in modes_of(render(3, 180, (30, 20))).items():
         response = client.post("/api/predict", content=data, headers={"content-type": content_type})
         assert response.status_code == 200, (name, response.text)
+        assert response.json()["label"] in range(10), name
+
+
+def test_unusual_modes_and_animations_are_read_like_plain_grey(client, shared_data):
+    # Reading each as a 3 needs the model trained on competition rows, as for the plain printed 3.
+    for name, (data, content_type) in modes_of(render(3, 180, (30, 20))).items():
+        response = client.post("/api/predict", content=data, headers={"content-type": content_type})
         assert response.json()["label"] == 3, name
 
 
-def test_health_answers_while_large_images_decode():
-    app = create_app(StubPredictor())
-    big = Image.new("L", (4096, 4096), 255)  # the largest allowed; noise on the paper, a thick ring as the digit
-    big.paste(Image.fromarray(np.random.default_rng(0).integers(250, 256, (4096, 512), dtype=np.uint8)), (0, 0))
-    ImageDraw.Draw(big).ellipse((900, 600, 3200, 3500), outline=0, width=320)
-    body = png(big)
+def test_health_answers_while_images_decode(monkeypatch):
+    """Decodes run in worker threads, at most MAX_DECODES at once: while that many are held mid-decode by the
+    test, /api/health answers and the other requests wait their turn."""
+    release, entered = threading.Event(), threading.Semaphore(0)
+    started, finished = [], []
 
-    async def scenario() -> tuple[httpx.Response, int, list[httpx.Response]]:
+    def held_decode(body: bytes) -> Image.Image:
+        started.append(body)
+        entered.release()
+        try:
+            # A timeout, so that a failing test ends rather than leaves threads blocked.
+            assert release.wait(timeout=30), "never released"
+            return decode(body)
+        finally:
+            finished.append(body)
+
+    monkeypatch.setattr("digit_recognizer.serve.decode", held_decode)
+    app = create_app(StubPredictor())
+    body = png(render(3, 180, (30, 20)))
+
+    async def scenario() -> tuple[httpx.Response, int, int, list[httpx.Response]]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=LOCAL) as http:
             decodes = [asyncio.create_task(http.post("/api/predict", content=body, headers=PNG_TYPE))
                        for _ in range(2 * MAX_DECODES)]
-            for _ in range(2000):  # until as many decodes as allowed run in worker threads
-                if app.state.decodes.borrowed_tokens == MAX_DECODES:
-                    break
-                await asyncio.sleep(0.005)
-            assert app.state.decodes.borrowed_tokens == MAX_DECODES, "the decodes never ran side by side"
-            health = await http.get("/api/health")
-            still_decoding = sum(not task.done() for task in decodes)
-            return health, still_decoding, await asyncio.gather(*decodes)
+            try:
+                for _ in range(MAX_DECODES):  # in another thread: the event loop must go on serving meanwhile
+                    assert await asyncio.to_thread(entered.acquire, timeout=30), "the decodes never ran side by side"
+                health = await http.get("/api/health")
+                in_flight, done = len(started), len(finished)
+            finally:
+                release.set()
+            return health, in_flight, done, await asyncio.gather(*decodes)
 
-    health, still_decoding, decoded = asyncio.run(scenario())
+    health, in_flight, done, decoded = asyncio.run(scenario())
     assert health.status_code == 200 and health.json()["status"] == "ok"
-    assert still_decoding > 0  # health answered while large images were still being decoded
+    assert (in_flight, done) == (MAX_DECODES, 0)  # health answered while the most decodes allowed were under way
     assert [response.status_code for response in decoded] == [200] * len(decoded)
+    assert len(finished) == len(decoded)
 
 
 def test_errors_are_json_everywhere():
@@ -361,24 +397,150 @@ def test_host_header_must_be_loopback_unless_opened_to_other_machines(monkeypatc
     opened = TestClient(create_app(StubPredictor(), allowed_hosts=None))
     assert opened.get("/api/health", headers={"host": "digits.example:8000"}).status_code == 200
 
-    apps = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **_: apps.setdefault(host, app))
-    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost", "0.0.0.0", "192.0.2.7"):
-        serve(StubPredictor(), host, 8000)
-    for host, expected in [("127.0.0.1", 400), ("127.0.0.2", 400), ("::1", 400), ("localhost", 400),
-                           ("0.0.0.0", 200), ("192.0.2.7", 200)]:
-        served = TestClient(apps[host], base_url=LOCAL)
-        assert served.get("/api/health", headers={"host": "attacker.example"}).status_code == expected, host
-        assert served.get("/api/health").status_code == 200, host
-    bound = TestClient(apps["127.0.0.2"], base_url="http://127.0.0.2:8000")
+    # The names a server answers follow the address its socket is bound to.
+    for address, expected in [("127.0.0.1", 400), ("127.0.0.2", 400), ("::1", 400), ("0.0.0.0", 200), ("::", 200),
+                              ("192.0.2.7", 200)]:
+        served = TestClient(create_app(StubPredictor(), allowed_hosts(address)), base_url=LOCAL)
+        assert served.get("/api/health", headers={"host": "attacker.example"}).status_code == expected, address
+        assert served.get("/api/health").status_code == 200, address
+    bound = TestClient(create_app(StubPredictor(), allowed_hosts("127.0.0.2")), base_url="http://127.0.0.2:8000")
     assert bound.get("/api/health").status_code == 200  # the address it is bound to is a name it answers
 
+    # serve() runs uvicorn on the very socket it is handed, answering the names of the address it is bound to.
+    runs = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: runs.append((self.config.app, sockets)))
+    with listen("localhost", 0) as sock:
+        serve(StubPredictor(), sock)
+    [(app, sockets)] = runs
+    assert sockets == [sock]
+    assert TestClient(app, base_url=LOCAL).get("/api/health", headers={"host": "attacker.example"}).status_code == 400
 
-def test_serve_refuses_a_port_in_use(served_run, capsys):
+
+def onnx_file(path: Path, nodes: list, weights: dict[str, np.ndarray]) -> Path:
+    """An ONNX model of ``nodes`` from the input ``pixels`` (n, 1, 28, 28) to the output ``logits``."""
+    graph = helper.make_graph(
+        nodes, "model", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, None])],
+        initializer=[numpy_helper.from_array(value, name) for name, value in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # one that ONNX Runtime reads, whatever the onnx package writes by default
+    onnx.save(model, str(path))
+    return path
+
+
+WEIGHTS = {"w": np.random.default_rng(0).normal(size=(784, 10)).astype(np.float32)}
+LINEAR = [helper.make_node("Flatten", ["pixels"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+
+
+def first_images(count: int) -> tuple[list, dict[str, np.ndarray]]:
+    """A linear model that answers for the first ``count`` images of a batch, whatever its size."""
+    ends = {"start": np.array([0]), "end": np.array([count]), "axis": np.array([0])}
+    slice_ = helper.make_node("Slice", ["pixels", "start", "end", "axis"], ["some"])
+    return [slice_, helper.make_node("Flatten", ["some"], ["flat"]), LINEAR[1]], WEIGHTS | ends
+
+
+def constant(rows: int) -> list:
+    """A model that answers ``rows`` rows of scores, whatever the batch."""
+    scores = numpy_helper.from_array(np.zeros((rows, 10), np.float32))
+    return [helper.make_node("Constant", [], ["logits"], value=scores)]
+
+
+HOSTILE_MODELS = {  # name: nodes, weights, the fault named
+    "a constant of 1 row": (constant(1), {}, "shape (1, 10) for a batch of 3 images"),
+    "a constant of 2 rows": (constant(2), {}, "shape (2, 10) for a batch of 1 image,"),
+    "the first 2 images of a batch": (*first_images(2), "shape (2, 10) for a batch of 3 images"),
+    "one image at a time": ([helper.make_node("Reshape", ["pixels", "one"], ["flat"]), LINEAR[1]],
+                            WEIGHTS | {"one": np.array([1, 784])}, "fails on a batch of 3 images"),
+    "9 scores": (LINEAR, {"w": WEIGHTS["w"][:, :9]}, "shape (1, 9)"),
+    "NaN scores": ([*LINEAR[:1], helper.make_node("MatMul", ["flat", "w"], ["scores"]),
+                    helper.make_node("Mul", ["scores", "nan"], ["logits"])],
+                   WEIGHTS | {"nan": np.array(np.nan, np.float32)}, "not finite"),
+}
+
+
+@pytest.fixture(scope="module")
+def test_csv(tmp_path_factory, embedded) -> Path:
+    path = tmp_path_factory.mktemp("test") / "test.csv"
+    write_csv(Digits(embedded[1].images[:500]), path)
+    return path
+
+
+def refused_in_one_line(capfd, *fragments: str) -> None:
+    out, err = capfd.readouterr()  # file descriptors, so that ONNX Runtime's own log would show here too
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and "error" in lines[0] and "serving" not in err, err
+    assert all(fragment in lines[0] for fragment in fragments), err
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_MODELS))
+def test_an_onnx_model_without_one_row_per_image_is_refused_at_load(case, test_csv, tmp_path, capfd, monkeypatch):
+    nodes, weights, fault = HOSTILE_MODELS[case]
+    path = onnx_file(tmp_path / "hostile.onnx", nodes, weights)
+    with pytest.raises(ValueError, match=re.escape(fault)):
+        OnnxPredictor(path)
+    capfd.readouterr()
+    out = tmp_path / "sub.csv"
+    assert main(["predict", "--onnx", str(path), "--test", str(test_csv), "--out", str(out)]) == 2
+    refused_in_one_line(capfd, "hostile.onnx", fault)
+    served = []  # should the model pass, the test records it rather than serve for ever
+    monkeypatch.setattr("digit_recognizer.serve.serve", lambda *args: served.append(args))
+    assert main(["serve", "--onnx", str(path), "--port", "0"]) == 2
+    refused_in_one_line(capfd, "hostile.onnx", fault)
+    assert served == [] and list(tmp_path.iterdir()) == [path]
+
+
+def test_an_onnx_model_wrong_only_for_larger_batches_writes_no_submission(test_csv, tmp_path, capfd):
+    path = onnx_file(tmp_path / "three.onnx", *first_images(3))  # right for the batches checked at load
+    predictor = OnnxPredictor(path)
+    with pytest.raises(ValueError, match=r"three.onnx: the model answers shape \(3, 10\) for a batch of 256 images"):
+        predictor(np.zeros((500, 784), np.uint8))
+    capfd.readouterr()
+    out = tmp_path / "sub.csv"
+    assert main(["predict", "--onnx", str(path), "--test", str(test_csv), "--out", str(out)]) == 2
+    refused_in_one_line(capfd, "three.onnx", "shape (3, 10) for a batch of 256 images")
+    assert list(tmp_path.iterdir()) == [path]
+    served = TestClient(create_app(predictor), base_url=LOCAL, raise_server_exceptions=False)
+    assert served.post("/api/predict", json={"pixels": [[0] * 784] * 3}).status_code == 200
+    response = served.post("/api/predict", json={"pixels": [[0] * 784] * 5})
+    assert response.status_code == 500 and response.json() == {"error": "internal server error"}
+
+
+def test_serve_on_port_0_prints_the_port_it_listens_on(tmp_path):
+    model = onnx_file(tmp_path / "linear.onnx", LINEAR, WEIGHTS)
+    command = [sys.executable, "-m", "digit_recognizer.cli", "serve", "--onnx", str(model), "--port", "0"]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as server:
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in server.stderr], daemon=True).start()
+        try:
+            first = lines.get(timeout=60)
+            match = re.search(r"serving .* on (http://127\.0\.0\.1:(\d+))/$", first.strip())
+            assert match and int(match[2]) != 0, first
+            health = httpx.get(match[1] + "/api/health", timeout=30)  # the socket listens before the line is printed
+            assert health.status_code == 200 and health.json()["backend"] == "onnxruntime"
+            stranger = httpx.get(match[1] + "/api/health", headers={"host": "attacker.example"}, timeout=30)
+            assert stranger.status_code == 400
+            batch = httpx.post(match[1] + "/api/predict", json={"pixels": [[0] * 784] * 3}, timeout=30)
+            assert batch.status_code == 200 and len(batch.json()["predictions"]) == 3
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def test_serve_refuses_a_port_in_use_or_out_of_range(tmp_path, capsys, monkeypatch):
+    model = onnx_file(tmp_path / "linear.onnx", LINEAR, WEIGHTS)
+    served = []  # should the port be accepted, the test records it rather than serve for ever
+    monkeypatch.setattr("digit_recognizer.serve.serve", lambda *args: served.append(args))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert main(["serve", "--model", str(served_run), "--port", str(port)]) == 2
+        assert main(["serve", "--onnx", str(model), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert "serving" not in err and "in use" in err and len(err.strip().splitlines()) == 1, err
+    assert main(["serve", "--onnx", str(model), "--port", "70000"]) == 2
+    err = capsys.readouterr().err
+    assert "serving" not in err and "cannot listen on 127.0.0.1:70000" in err and len(err.strip().splitlines()) == 1
+    assert served == []

@@ -68,7 +68,8 @@ MAX_SETTINGS_FILE = 1 << 20  # bytes; a settings file is a few hundred
 
 def _add_setting_flags(group: argparse._ArgumentGroup) -> None:
     """One flag per TrainConfig setting, each with its default under every network's recipe."""
-    recipes = {name: method.recipe for name, method in METHODS.items() if method.network}
+    networks = sorted((name for name, method in METHODS.items() if method.network), key=lambda n: n != "cnn")
+    recipes = {name: METHODS[name].recipe for name in networks}  # the default model, cnn, first
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         shown = {name: _shown(getattr(recipe, f.name)) for name, recipe in recipes.items()}
@@ -493,6 +494,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
              if summary["recipe_accuracy"] is not None else "")
           + f"; outputs in {args.out}/; train it with:", file=sys.stderr)
     print(summary["command"])
+    _warn_if_chance(summary["best_accuracy"], "the best trial's mean held-out accuracy")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -556,7 +558,6 @@ def cmd_kaggle(args: argparse.Namespace) -> None:
 def _report(metrics: dict, out: Path, with_submission: bool) -> None:
     """The result line (always printed, --quiet or not), and a warning when training failed to learn."""
     from .rundir import SUBMISSION_FILE
-    from .train import CHANCE
 
     if "ensemble_accuracy" in metrics:
         accuracy = metrics["ensemble_accuracy"]
@@ -570,8 +571,15 @@ def _report(metrics: dict, out: Path, with_submission: bool) -> None:
         line = (f"{PROG}: {metrics['model']} val_accuracy {accuracy:.4f}{epochs} "
                 f"in {metrics['train_seconds']:.0f}s on {metrics['device']}; outputs in {out}/")
     print(line + (f" (submission: {out / SUBMISSION_FILE})" if with_submission else ""), file=sys.stderr)
+    _warn_if_chance(accuracy, "accuracy")
+
+
+def _warn_if_chance(accuracy: float, what: str) -> None:
+    """A result at chance level is a failed training, whatever the exit code says."""
+    from .train import CHANCE
+
     if accuracy <= CHANCE:
-        print(f"{PROG}: warning: accuracy {accuracy:.4f} is at chance level: the model learned nothing "
+        print(f"{PROG}: warning: {what} {accuracy:.4f} is at chance level: the model learned nothing "
               "(check --lr and the other settings)", file=sys.stderr)
 
 

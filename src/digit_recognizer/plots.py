@@ -83,10 +83,13 @@ def plot_errors(
     images: np.ndarray, labels: np.ndarray, proba: np.ndarray, indices: np.ndarray,
     title: str = "Most confident mistakes on the validation set",
 ) -> Figure:
-    """A grid of the given images, each titled with its true and predicted label and the confidence."""
-    cols = 6
+    """A grid of the given images, each titled with its true and predicted label and the confidence; as wide as
+    the images need (a few errors make a small figure, not a mostly empty one)."""
+    cols = min(6, max(1, len(indices)))
     rows = max(1, -(-len(indices) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.7, rows * 2.0), squeeze=False)
+    # Constrained layout keeps the title clear of the images' two-line captions, whatever the grid's size.
+    fig, axes = plt.subplots(rows, cols, figsize=(max(cols * 1.7, 4.0), rows * 2.0 + 0.5), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, indices, strict=False):
@@ -95,7 +98,7 @@ def plot_errors(
         ax.set_title(f"true {labels[i]}  pred {predicted}\np={proba[i, predicted]:.2f}", fontsize=9)
     if len(indices) == 0:
         axes.flat[0].text(0.5, 0.5, "no errors", ha="center", va="center", fontsize=14)
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=11)
     return fig
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_path
+from .files import output_path
 
 
 class TorchPredictor:
@@ -36,15 +36,20 @@ class OnnxPredictor:
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path) -> None:
-        """Open and check the file: one input of 1x28x28 images, one output of 10 scores per image, and an
-        answer for a blank image. Raises ValueError naming the file and the fault."""
+        """Open and check the file: one input of 1x28x28 images, one output, and one row of 10 finite scores per
+        image for a batch of one image and for a batch of three different ones. Raises ValueError naming the file
+        and the fault."""
         import onnxruntime
 
         if not Path(path).is_file():
             fault = "a directory, not an ONNX file" if Path(path).is_dir() else "file not found"
             raise ValueError(f"{path}: {fault}")
+        options = onnxruntime.SessionOptions()
+        # ONNX Runtime's own log would add lines of its own to stderr for a failing model; the fault is reported
+        # here, in one line, instead.
+        options.log_severity_level = 4
         try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # ONNX Runtime raises several kinds for a damaged or foreign file
             raise ValueError(f"{path}: not a usable ONNX model ({_first_line(err)})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -53,21 +58,43 @@ class OnnxPredictor:
                              f"{[i.shape for i in inputs]} and {len(outputs)} outputs")
         self.input = inputs[0].name
         self.name = str(path)
-        try:
-            answer = self(np.zeros((1, 784), dtype=np.uint8))
-        except Exception as err:
-            raise ValueError(f"{path}: the model fails on a blank image ({_first_line(err)})") from None
-        if answer.shape != (1, 10):
-            raise ValueError(f"{path}: the model answers shape {answer.shape[1:]}, not 10 scores per image")
+        # A model that ignores the batch size, or works only for one image, would otherwise load and then write a
+        # submission of the wrong length or fail every request. Batches of 1 and 3, so that a fixed batch size is
+        # caught either way; a blank image and two inked ones, as a model may fail only on ink.
+        probes = np.zeros((3, 28, 28), dtype=np.uint8)
+        probes[1, 4:24, 12:16] = 255  # a bar
+        probes[2, 6:22, 6:22] = 255
+        probes[2, 10:18, 10:18] = 0  # a ring
+        for batch in (probes[:1], probes):
+            self(batch.reshape(len(batch), -1))
 
     def __call__(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Probabilities ``(n, 10)``; raises ValueError naming the model if it fails or answers anything but one
+        row of 10 finite scores per image, so that no submission can have the wrong number of rows."""
         # Batches small enough for the activations to stay in cache: 28,000 images in one call are
         # about five times slower than the same images 256 at a time.
         x = images.reshape(-1, 1, 28, 28).astype(np.float32) / 255.0
-        logits = np.concatenate([self.session.run(None, {self.input: x[i:i + batch_size]})[0]
-                                 for i in range(0, len(x), batch_size)])
+        logits = np.concatenate([self._scores(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
+
+    def _scores(self, x: np.ndarray) -> np.ndarray:
+        """The model's scores for one batch, checked: ``(len(x), 10)`` finite numbers."""
+        n = len(x)
+        batch = f"a batch of {n} image{'s' if n != 1 else ''}"
+        try:
+            out = self.session.run(None, {self.input: x})[0]
+        except Exception as err:  # ONNX Runtime raises several kinds; the model is at fault, not the images
+            raise ValueError(f"{self.name}: the model fails on {batch} ({_first_line(err)})") from None
+        if not isinstance(out, np.ndarray) or out.dtype.kind not in "iuf":
+            what = f"{out.dtype} values" if isinstance(out, np.ndarray) else f"a {type(out).__name__}"
+            raise ValueError(f"{self.name}: the model answers {what}, not numeric scores")
+        if out.shape != (n, 10):
+            raise ValueError(f"{self.name}: the model answers shape {out.shape} for {batch}, not ({n}, 10): "
+                             "one row of 10 scores per image")
+        if not np.isfinite(out).all():
+            raise ValueError(f"{self.name}: the model answers scores that are not finite (NaN or infinite) for {batch}")
+        return out.astype(np.float32, copy=False)
 
 
 def export_onnx(run_dir: str | Path, path: str | Path) -> None:
@@ -88,7 +115,7 @@ def export_onnx(run_dir: str | Path, path: str | Path) -> None:
         raise ValueError(f"{run_dir}: a scikit-learn model; export takes a single network (cnn, fast or mlp)")
     network = model.network_
     example = torch.rand(2, 1, 28, 28)
-    with atomic_path(path) as tmp:
+    with output_path(path) as tmp:
         torch.onnx.export(
             network, (example,), str(tmp), input_names=["pixels"], output_names=["logits"],
             dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
@@ -103,5 +130,5 @@ def _first_line(err: Exception) -> str:
 def write_submission(labels: np.ndarray, path: str | Path) -> None:
     """Kaggle's format: header ``ImageId,Label``, one row per test image, ImageId counted from 1."""
     rows = np.column_stack([np.arange(1, len(labels) + 1), labels])
-    with atomic_path(path) as tmp:
+    with output_path(path) as tmp:  # "-", a link, a device or a pipe too
         np.savetxt(tmp, rows, fmt="%d", delimiter=",", header="ImageId,Label", comments="")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 
@@ -213,11 +214,35 @@ def is_loopback(host: str) -> bool:
         return host.lower() == "localhost"
 
 
-def serve(predictor: TorchPredictor | OnnxPredictor, host: str = "127.0.0.1", port: int = 8000,
-          report: str | None = None) -> None:
-    """Run the server; bound to a loopback address it answers only requests addressed to a loopback name."""
+def allowed_hosts(address: str) -> tuple[str, ...] | None:
+    """The ``Host`` names a server listening on ``address`` answers: on a loopback address, the loopback names and
+    the address itself; elsewhere, any (``None``), as it is open to other machines."""
+    if not is_loopback(address):
+        return None
+    return (*LOOPBACK_HOSTS, f"[{address.strip('[]')}]" if ":" in address else address)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host``:``port`` (0: a free port), for :func:`serve`. Bound once, here, so that the
+    address printed is the one served and nothing else can take the port in between. Raises ValueError naming the
+    address and the fault."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host.strip("[]"), port), family=family)
+    except (OSError, OverflowError) as err:  # OverflowError: a port outside 0-65535
+        raise ValueError(f"cannot listen on {host}:{port}: {getattr(err, 'strerror', None) or err}") from None
+
+
+def url(sock: socket.socket) -> str:
+    """``http://host:port`` of a listening socket: the address and port it is actually bound to."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve(predictor: TorchPredictor | OnnxPredictor, sock: socket.socket, report: str | None = None) -> None:
+    """Run the server on a socket from :func:`listen` until interrupted; on a loopback address it answers only
+    requests addressed to a loopback name (see :func:`allowed_hosts`)."""
     import uvicorn
 
-    bound = f"[{host.strip('[]')}]" if ":" in host else host
-    allowed_hosts = (*LOOPBACK_HOSTS, bound) if is_loopback(host) else None
-    uvicorn.run(create_app(predictor, allowed_hosts, report), host=host, port=port, log_level="warning")
+    app = create_app(predictor, allowed_hosts(sock.getsockname()[0]), report)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
