@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-# Must match train.OPTIMIZERS (a test checks it).
+# Each is a case of train.make_optimizer.
 OPTIMIZER_NAMES = ("rmsprop", "adam", "adamw", "sgd")
 SCHEDULES = ("plateau", "onecycle")
 DEVICE_HELP = "device must be auto, cpu, cuda or cuda:N"

@@ -1,6 +1,11 @@
 """The training loop: one network, one optimiser, augmentation on the training device, a row of history
 per epoch. What to train and how comes from a method name and its :class:`~digit_recognizer.config.TrainConfig`.
 
+Read top to bottom: :func:`build` makes what training changes (network, optimiser, schedule, weight average,
+random generator), :func:`train_epoch` runs one pass over the shuffled data, :func:`fit` loops over the epochs,
+checks each, records its history row and checkpoint, and :func:`finish` turns the trained state into the network
+to keep. A new optimiser is a case of :func:`make_optimizer`; a new initialisation belongs in :func:`build`.
+
 The loop can be resumed: given a :class:`Checkpoint`, it saves everything that decides the next epoch (weights,
 optimiser, schedule, random states, history) after each epoch, and a later call with the same settings
 continues from the last finished epoch to the same result.
@@ -11,6 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -27,16 +33,10 @@ from .errors import InputError, TrainingDiverged, first_line
 from .evaluate import log_loss, predict_proba
 from .models import build_network, to_input
 
-OPTIMIZERS = {
-    # Keras's RMSprop decays the squared-gradient average with rho=0.9; torch's default alpha is 0.99.
-    "rmsprop": lambda params, lr, wd: torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-8, weight_decay=wd),
-    "adam": lambda params, lr, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd),
-    "adamw": lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
-    "sgd": lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd),
-}
 CHANCE = 0.2  # a final validation accuracy at or below this is reported as a failed training
 # One row of history per epoch: these numbers, and "epoch".
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "images_per_second", "elapsed")
+CHECK_EVERY = 20  # batches between looks at the running loss (a look syncs the device)
 
 
 class Checkpoint(Protocol):
@@ -69,6 +69,152 @@ def show_bars() -> bool:
     return sys.stderr.isatty()
 
 
+# --- what training changes ---------------------------------------------------------------------------------------
+
+def make_optimizer(cfg: TrainConfig, network: nn.Module) -> torch.optim.Optimizer:
+    """The optimiser named by ``cfg.optimizer`` (one of :data:`~digit_recognizer.config.OPTIMIZER_NAMES`)."""
+    params, lr, wd = network.parameters(), cfg.lr, cfg.weight_decay
+    match cfg.optimizer:
+        case "rmsprop":  # Keras's RMSprop decays the squared-gradient average with rho=0.9; torch's default is 0.99
+            return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-8, weight_decay=wd)
+        case "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        case "adamw":
+            return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        case "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
+    raise ValueError(f"unknown optimizer '{cfg.optimizer}'")  # TrainConfig.validate refuses it first
+
+
+def make_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> object:
+    """``onecycle``: warm up to ``lr`` over the first quarter of the steps, then anneal (stepped every batch);
+    ``plateau``: multiply by ``lr_factor`` when validation accuracy stalls (stepped every epoch)."""
+    if cfg.schedule == "onecycle":
+        # At least 5 steps: with fewer, the warm-up phase is empty and the scheduler divides by zero.
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=max(cfg.epochs * steps_per_epoch, 5), pct_start=0.25)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr)
+
+
+@dataclass
+class Training:
+    """Everything one training changes as it goes, and saves in its checkpoint."""
+
+    network: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    averaged: AveragedModel | None  # an exponential moving average of the weights (cfg.ema), or None
+    generator: torch.Generator      # shuffling and augmentation, on the training device
+    history: list[dict]
+
+    def state(self, device: torch.device) -> dict:
+        state = {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
+                 "torch_rng": torch.get_rng_state(), "history": self.history}
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        if self.averaged is not None:
+            state["averaged"] = self.averaged.state_dict()
+        return state
+
+
+def build(method: str, cfg: TrainConfig, device: torch.device, steps_per_epoch: int) -> Training:
+    """A fresh training of the network of ``method``, seeded by ``cfg.seed``."""
+    torch.manual_seed(cfg.seed)
+    network = build_network(method, cfg).to(device, memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, network)
+    averaged = AveragedModel(network, avg_fn=_ema_with_warmup(cfg.ema)) if cfg.ema else None
+    return Training(network, optimizer, make_schedule(cfg, optimizer, steps_per_epoch), averaged,
+                    torch.Generator(device=device).manual_seed(cfg.seed), [])
+
+
+def resume(training: Training, saved: dict, cfg: TrainConfig, device: torch.device) -> None:
+    """Restore a checkpoint's state into ``training``. A checkpoint is input like any file: a missing entry,
+    weights of another shape or a history that is not one of fewer epochs than asked raises."""
+    history = saved["history"]
+    if not isinstance(history, list) or not 1 <= len(history) < cfg.epochs:
+        raise ValueError(f"its history holds {len(history) if isinstance(history, list) else 'no'} epochs, "
+                         f"not 1 .. {cfg.epochs - 1}")
+    for number, row in enumerate(history, start=1):
+        if not isinstance(row, dict) or row.get("epoch") != number or not all(
+                isinstance(row.get(key), float | int) and math.isfinite(row[key]) for key in HISTORY_KEYS):
+            raise ValueError(f"its history row {number} is not an epoch's record")
+    training.network.load_state_dict(saved["network"])
+    if training.averaged is not None:
+        training.averaged.load_state_dict(saved["averaged"])
+    training.optimizer.load_state_dict(saved["optimizer"])
+    training.scheduler.load_state_dict(saved["scheduler"])
+    training.generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in saved:
+        torch.cuda.set_rng_state(saved["cuda_rng"], device)
+    training.history = history
+
+
+# --- one epoch ----------------------------------------------------------------------------------------------------
+
+def train_epoch(training: Training, cfg: TrainConfig, pixels: torch.Tensor, labels: torch.Tensor, epoch: int,
+                label: str = "", bars: bool = False) -> dict:
+    """One pass over the training images (uint8, on the device) in a fresh random order, each batch augmented;
+    returns the epoch's training loss, accuracy, images seen and seconds. Raises :class:`TrainingDiverged` at a
+    non-finite loss or non-finite weights."""
+    network, optimizer, scheduler = training.network, training.optimizer, training.scheduler
+    device = pixels.device
+    started = time.perf_counter()
+    network.train()
+    n_batches = -(-len(pixels) // cfg.batch_size)
+    order = torch.randperm(len(pixels), device=device, generator=training.generator)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    batches = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not bars,
+                   file=sys.stderr)
+    for b in batches:
+        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        if len(idx) < 2:  # BatchNorm cannot normalise a single image
+            if cfg.schedule == "onecycle":
+                scheduler.step()
+            continue
+        x, y = to_input(pixels[idx]), labels[idx]
+        if cfg.augment:
+            x = random_affine(x, cfg.rotation, cfg.zoom, cfg.shift, generator=training.generator)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = network(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if cfg.schedule == "onecycle":
+            scheduler.step()
+        if training.averaged is not None:
+            training.averaged.update_parameters(network)
+
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(idx)
+        if b % CHECK_EVERY == 0:
+            _check_finite(loss_sum.item(), epoch, b + 1, label)
+            if bars:
+                batches.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
+    _check_finite(loss_sum.item(), epoch, n_batches, label)
+    if not all(torch.isfinite(p).all() for p in network.parameters()):  # the last step can blow up too
+        raise TrainingDiverged(f"{label}training diverged: the weights became NaN or infinite in epoch {epoch}; "
+                               "lower --lr (or check the settings)")
+    seconds = time.perf_counter() - started
+    return {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen, "seconds": seconds,
+            "images_per_second": seen / seconds}
+
+
+def _check_finite(loss_sum: float, epoch: int, batch: int, label: str) -> None:
+    if not math.isfinite(loss_sum):
+        raise TrainingDiverged(f"{label}training diverged: the loss is {loss_sum} in epoch {epoch} by batch {batch}; "
+                               "lower --lr (or check the settings)")
+
+
+# --- the loop -----------------------------------------------------------------------------------------------------
+
 def fit(
     method: str, cfg: TrainConfig, train: Digits, val: Digits, device: torch.device,
     progress: bool = True, label: str = "", checkpoint: Checkpoint | None = None,
@@ -79,147 +225,55 @@ def fit(
     line per epoch goes to stderr (prefixed by ``label``), with bars on a terminal. Raises
     :class:`TrainingDiverged` at the first non-finite loss.
     """
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    network = build_network(method, cfg).to(device, memory_format=torch.channels_last)
-    optimizer = OPTIMIZERS[cfg.optimizer](network.parameters(), cfg.lr, cfg.weight_decay)
     # The whole training set lives on the device as uint8; batches are cut from it by index.
-    x_all = torch.from_numpy(train.images).to(device)
-    y_all = torch.from_numpy(train.labels).to(device)
-    n = len(x_all)
-    n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
-    if cfg.schedule == "onecycle":
-        # At least 5 steps: with fewer, the warm-up phase is empty and the scheduler divides by zero.
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=max(cfg.epochs * n_batches, 5), pct_start=0.25
-        )
-    else:
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
-        )
-    use_amp = device.type == "cuda"
-    # An exponential moving average of the weights (BatchNorm statistics are recomputed for it at the end).
-    averaged = AveragedModel(network, avg_fn=_ema_with_warmup(cfg.ema)) if cfg.ema else None
-
-    history: list[dict] = []
+    pixels = torch.from_numpy(train.images).to(device)
+    labels = torch.from_numpy(train.labels).to(device)
+    training = build(method, cfg, device, steps_per_epoch=-(-len(pixels) // cfg.batch_size))
     saved = checkpoint.load() if checkpoint else None
     if saved:
         try:
-            history = _resume(saved, cfg, network, averaged, optimizer, scheduler, generator, device)
+            resume(training, saved, cfg, device)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as err:
             raise InputError(f"{checkpoint.where}: cannot resume from this checkpoint ({first_line(err)}); "
                              "delete it to restart that training, or use --overwrite") from None
         if progress:
-            print(f"{label}resuming after epoch {len(history)}/{cfg.epochs}", file=sys.stderr)
+            print(f"{label}resuming after epoch {len(training.history)}/{cfg.epochs}", file=sys.stderr)
 
     bars = progress and show_bars()
-    epochs = tqdm(range(len(history) + 1, cfg.epochs + 1), desc=f"{label}epochs", unit="epoch", disable=not bars,
+    first = len(training.history) + 1
+    elapsed = training.history[-1]["elapsed"] if training.history else 0.0  # epochs before, in any process
+    started_here = time.perf_counter()
+    epochs = tqdm(range(first, cfg.epochs + 1), desc=f"{label}epochs", unit="epoch", disable=not bars,
                   file=sys.stderr)
-    elapsed = history[-1]["elapsed"] if history else 0.0  # wall seconds of the epochs before, in any process
-    first, started_here = len(history) + 1, time.perf_counter()
     for epoch in epochs:
-        network.train()
         started = time.perf_counter()
-        order = torch.randperm(n, device=device, generator=generator)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        batches = tqdm(range(n_batches), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not bars,
-                       file=sys.stderr)
-        for b in batches:
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm cannot normalise a single image
-                if cfg.schedule == "onecycle":
-                    scheduler.step()
-                continue
-            x, y = to_input(x_all[idx]), y_all[idx]
-            if cfg.augment:
-                x = random_affine(x, cfg.rotation, cfg.zoom, cfg.shift, generator=generator)
-            x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = network(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if cfg.schedule == "onecycle":
-                scheduler.step()
-            if averaged is not None:
-                averaged.update_parameters(network)
-
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(idx)
-            if b % 20 == 0:  # reading the values syncs the device, so not every batch
-                _check_finite(loss_sum.item(), epoch, b + 1, label)
-                if bars:
-                    batches.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
-
-        seconds = time.perf_counter() - started
-        _check_finite(loss_sum.item(), epoch, n_batches, label)
-        if not all(torch.isfinite(p).all() for p in network.parameters()):  # the last step can blow up too
-            raise TrainingDiverged(f"{label}training diverged: the weights became NaN or infinite in epoch {epoch}; "
-                                   "lower --lr (or check the settings)")
-        proba = predict_proba(network, val.images, device=device)
-        row = {
-            "epoch": epoch,
-            "loss": loss_sum.item() / seen,
-            "accuracy": correct.item() / seen,
-            "val_loss": log_loss(proba, val.labels),
-            "val_accuracy": float(np.mean(proba.argmax(1) == val.labels)),
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": seconds,
-            "images_per_second": seen / seconds,
-            "elapsed": elapsed + time.perf_counter() - started,  # training and validation, every epoch so far
-        }
-        elapsed = row["elapsed"]
-        history.append(row)
+        row = {"epoch": epoch, **train_epoch(training, cfg, pixels, labels, epoch, label, bars)}
+        proba = predict_proba(training.network, val.images, device=device)
+        row.update(val_loss=log_loss(proba, val.labels), val_accuracy=float(np.mean(proba.argmax(1) == val.labels)),
+                   lr=training.optimizer.param_groups[0]["lr"])
+        elapsed += time.perf_counter() - started
+        row["elapsed"] = elapsed  # training and validation, every epoch so far
+        training.history.append({key: row[key] for key in ("epoch", *HISTORY_KEYS)})
         if cfg.schedule == "plateau":
-            scheduler.step(row["val_accuracy"])
+            training.scheduler.step(row["val_accuracy"])
         if bars:
             epochs.set_postfix(val_acc=f"{row['val_accuracy']:.4f}")
         if progress:
             left = (cfg.epochs - epoch) * (time.perf_counter() - started_here) / (epoch - first + 1)
             tqdm.write(label + format_epoch(row, cfg.epochs, left), file=sys.stderr)
         if checkpoint and epoch < cfg.epochs:
-            state = {"network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                     "torch_rng": torch.get_rng_state(), "history": history}
-            if device.type == "cuda":
-                state["cuda_rng"] = torch.cuda.get_rng_state(device)
-            if averaged is not None:
-                state["averaged"] = averaged.state_dict()
-            checkpoint.save(state)
-    if averaged is not None:
-        network = averaged.module
-        recalibrate_batchnorm(network, x_all)
-    network.eval()
-    return network, history
+            checkpoint.save(training.state(device))
+    return finish(training, pixels), training.history
 
 
-def _resume(saved: dict, cfg: TrainConfig, network: nn.Module, averaged: AveragedModel | None,
-            optimizer: torch.optim.Optimizer, scheduler: object, generator: torch.Generator,
-            device: torch.device) -> list[dict]:
-    """Restore the training state of a checkpoint; returns its history. A checkpoint is input like any file: a
-    missing entry, weights of another shape or a history that is not one of fewer epochs than asked raises."""
-    history = saved["history"]
-    if not isinstance(history, list) or not 1 <= len(history) < cfg.epochs:
-        raise ValueError(f"its history holds {len(history) if isinstance(history, list) else 'no'} epochs, "
-                         f"not 1 .. {cfg.epochs - 1}")
-    for number, row in enumerate(history, start=1):
-        if not isinstance(row, dict) or row.get("epoch") != number or not all(
-                isinstance(row.get(key), float | int) and math.isfinite(row[key]) for key in HISTORY_KEYS):
-            raise ValueError(f"its history row {number} is not an epoch's record")
-    network.load_state_dict(saved["network"])
-    if averaged is not None:
-        averaged.load_state_dict(saved["averaged"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    generator.set_state(saved["generator"])
-    torch.set_rng_state(saved["torch_rng"])
-    if device.type == "cuda" and "cuda_rng" in saved:
-        torch.cuda.set_rng_state(saved["cuda_rng"], device)
-    return history
+def finish(training: Training, pixels: torch.Tensor) -> nn.Module:
+    """The network to keep, in eval mode: the weight average when there is one, its BatchNorm statistics
+    recomputed for its own weights."""
+    network = training.network
+    if training.averaged is not None:
+        network = training.averaged.module
+        recalibrate_batchnorm(network, pixels)
+    return network.eval()
 
 
 def _ema_with_warmup(decay: float):
@@ -240,11 +294,7 @@ def recalibrate_batchnorm(network: nn.Module, pixels: torch.Tensor, limit: int =
     update_bn(batches, network)
 
 
-def _check_finite(loss_sum: float, epoch: int, batch: int, label: str) -> None:
-    if not math.isfinite(loss_sum):
-        raise TrainingDiverged(f"{label}training diverged: the loss is {loss_sum} in epoch {epoch} by batch {batch}; "
-                               "lower --lr (or check the settings)")
-
+# --- progress -----------------------------------------------------------------------------------------------------
 
 def format_epoch(row: dict, epochs: int, left: float | None = None) -> str:
     """One epoch's progress line; ``left``: the estimated seconds to the last epoch."""
