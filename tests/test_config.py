@@ -11,6 +11,7 @@ import pytest
 from digit_recognizer.config import (
     METHODS,
     OPTIMIZER_NAMES,
+    SHAPE_SETTINGS,
     PRESETS,
     TrainConfig,
     method_config,
@@ -18,14 +19,42 @@ from digit_recognizer.config import (
 )
 
 
-def test_names_match_the_registries():
-    from digit_recognizer.methods import CLASSIC_ESTIMATORS
-    from digit_recognizer.models import ARCHITECTURES, NETWORK_OPTIONS
-    from digit_recognizer.train import OPTIMIZERS
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_record_builds_its_model(name):
+    """One record per method is the only registry: its builder makes the model, and a network's shape settings
+    and default search choices are settings of TrainConfig that its network takes."""
+    import torch
 
-    assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES
-    assert {name for name, method in METHODS.items() if method.network} == set(ARCHITECTURES) == set(NETWORK_OPTIONS)
-    assert {name for name, method in METHODS.items() if not method.network} == set(CLASSIC_ESTIMATORS)
+    from digit_recognizer.methods import make_estimator
+    from digit_recognizer.models import build_network
+
+    record = METHODS[name]
+    if record.network:
+        assert set(record.shape) <= set(SHAPE_SETTINGS) and set(record.search) <= set(record.shape)
+        network = build_network(name)
+        assert type(network).__name__ == record.builder
+        assert network(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+        for setting, choices in record.search.items():
+            for choice in choices:  # every default choice builds and validates
+                cfg = method_config(name)
+                setattr(cfg, setting, choice)
+                cfg.validate()
+                build_network(name, cfg)
+    else:
+        assert not record.shape and not record.search
+        assert hasattr(make_estimator(name), "fit")
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZER_NAMES)
+def test_every_optimizer_name_builds_an_optimizer(optimizer):
+    import torch
+
+    from digit_recognizer.models import build_network
+    from digit_recognizer.train import make_optimizer
+
+    cfg = method_config("fast")
+    cfg.optimizer = optimizer
+    assert isinstance(make_optimizer(cfg, build_network("fast", cfg)), torch.optim.Optimizer)
 
 
 def test_presets_name_methods_and_valid_settings():
@@ -33,7 +62,7 @@ def test_presets_name_methods_and_valid_settings():
         for device_type in ("cpu", "cuda"):
             p = preset(name, device_type)
             assert p.method in METHODS and p.members >= 1 and p.folds >= 1
-            TrainConfig.from_dict({**method_config(p.method).to_dict(), **p.settings}).validate()
+            method_config(p.method).validate()
     assert method_config("cnn") == TrainConfig()  # the seed recipe is the unchanged default
     assert preset("seed").method == "cnn" and preset("fast").method == "fast"
     assert preset("ensemble", "cpu").members == 8 and preset("ensemble", "cuda").method == "cnn"

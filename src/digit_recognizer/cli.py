@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
@@ -27,22 +28,17 @@ from .config import (
     PRESETS,
     SCHEDULES,
     TrainConfig,
+    choose,
     is_device_name,
     method_config,
-    preset,
 )
 from .data import find_csv, load_embedded, read_test, read_train, write_csv
-from .errors import InputError, TrainingDiverged
+from .errors import InputError, KaggleError, TrainingDiverged, UsageError
 from .files import STDOUT, check_path, check_writable, read_bounded, same_file
-from .kaggle import KaggleError
 from .predict import write_submission
 from .rundir import RunDir
 
 PROG = "digit-recognizer"
-
-
-class UsageError(Exception):
-    """A command-line mistake; reported in one line with exit code 2."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -111,8 +107,8 @@ def _add_output_flags(parser: argparse.ArgumentParser, default_out: str) -> None
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="NAME",
-                        help=f"method to train: {', '.join(METHOD_NAMES)} (default: cnn, the seed kernel's CNN)")
+    parser.add_argument("--model", metavar="NAME", help="method to train (default: cnn): " + "; ".join(
+        f"{name}: {method.description}" for name, method in METHODS.items()))
     parser.add_argument("--preset", choices=list(PRESETS),
                         help="seed: the seed kernel's CNN and recipe (= --model cnn); fast: a small CNN that "
                              "reaches the same accuracy in a fraction of the time (= --model fast); ensemble: "
@@ -130,39 +126,26 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_preset(args: argparse.Namespace) -> None:
-    """Resolve --model and --preset into ``args.model`` (default: the seed CNN), and --members / --folds.
-
-    A preset sized to the hardware (``ensemble``) picks by the device that will train; explicit flags win.
-    """
+    """Resolve --preset, --model, --members and --folds (:func:`~digit_recognizer.config.choose`) into
+    ``args.model``, ``args.members`` and ``args.folds``; a preset sized to the hardware picks by the device that
+    will train."""
     from .train import resolve_device
 
     try:
         device_type = resolve_device(args.device or "auto").type
     except (ValueError, RuntimeError) as err:
         raise UsageError(f"bad training setting: {err}") from None
-    chosen = preset(args.preset or "seed", "cuda" if device_type == "cuda" else "cpu")
-    if args.preset and args.model and args.model != chosen.method:
-        raise UsageError(f"--preset {args.preset} trains model '{chosen.method}', not '{args.model}'")
-    args.model = args.model or chosen.method
-    if args.model not in METHODS:
-        raise UsageError(f"unknown model '{args.model}'; known: {', '.join(METHOD_NAMES)}")
-    args.preset_settings = chosen.settings if args.preset else {}
-    args.members = (chosen.members if args.preset else 1) if args.members is None else args.members
-    args.folds = (chosen.folds if args.preset else 1) if args.folds is None else args.folds
-    if args.members < 1 or args.folds < 1:
-        raise UsageError("--members and --folds must be at least 1")
-    network = METHODS[args.model].network
-    if (args.members > 1 or args.folds > 1) and not network:
-        raise UsageError(f"--members and --folds train networks; '{args.model}' is not one")
-    if getattr(args, "tta", False) and not network:
-        raise UsageError("--tta applies to networks, not to scikit-learn models")
+    try:
+        chosen = choose(args.preset, args.model, args.members, args.folds, device_type, getattr(args, "tta", False))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    args.model, args.members, args.folds = chosen.method, chosen.members, chosen.folds
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The chosen method's training config (``args.model`` resolved), updated by the preset's settings, then
-    ``--config``, then flags; every value checked before anything else happens."""
+    """The chosen method's training config (``args.model`` resolved), updated by ``--config``, then by flags;
+    every value checked, and the device resolved, before anything else happens."""
     values = method_config(args.model).to_dict()
-    values.update(args.preset_settings)
     if args.config is not None:
         values.update(read_config_file(args.config))
     for f in dataclasses.fields(TrainConfig):
@@ -379,13 +362,13 @@ def _closing(executor: object):
     return contextlib.closing(executor) if close else contextlib.nullcontext()
 
 
-def _check_output_file(path: Path, inputs: list[Path | None]) -> None:
-    """Refuse, before any work, an output that cannot be written or that is one of the command's own inputs
-    (writing it would destroy what it is made from)."""
-    for source in inputs:
+def _check_output_file(path: Path, inputs: Callable[[], list[Path | None]]) -> None:
+    """Refuse, before any work, an output that cannot be written, then one that is one of the command's own
+    inputs (writing it would destroy what it is made from)."""
+    check_writable(path)
+    for source in inputs():
         if source is not None and same_file(path, source):
             raise UsageError(f"{path}: is one of this command's inputs ({source}); choose another output")
-    check_writable(path)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -395,8 +378,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise UsageError(f"--device {args.device}: {DEVICE_HELP}")
     from .rundir import model_files
 
-    inputs = [args.test, args.onnx] if args.onnx is not None else [args.test, *model_files(args.model)]
-    _check_output_file(args.out, inputs)
+    _check_output_file(args.out, lambda: [args.test, args.onnx] if args.onnx is not None else
+                       [args.test, *model_files(args.model)])
     test = read_test(args.test)
     if args.onnx is not None:
         from .predict import OnnxPredictor
@@ -471,7 +454,6 @@ def cmd_tune(args: argparse.Namespace) -> None:
     from .jobs import check_split
     from .tune import make_space, tune
 
-    args.preset_settings = {}
     cfg = config_from_args(args)
     fixed = {f.name for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
     if args.config is not None:
@@ -518,7 +500,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .predict import export_onnx
     from .rundir import model_files
 
-    _check_output_file(args.onnx, model_files(args.model))
+    _check_output_file(args.onnx, lambda: model_files(args.model))
     try:
         export_onnx(args.model, args.onnx)
     except ValueError as err:

@@ -31,7 +31,7 @@ def is_device_name(name: str) -> bool:
 
 @dataclass
 class TrainConfig:
-    # Network (which settings a network uses depends on the method: models.NETWORK_OPTIONS)
+    # Network (which of them shape a network: its method's record, Method.shape)
     filters: tuple[int, ...] = (32, 64, 128)
     kernels: tuple[int, ...] = (5, 3, 3)
     dense: int = 256
@@ -114,6 +114,13 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def settings(self) -> dict:
+        """The settings that decide a result, as plain JSON values: all but the device (hardware: a run may
+        resume, or a search go on, on another)."""
+        values = {key: list(value) if isinstance(value, tuple) else value for key, value in self.to_dict().items()}
+        del values["device"]
+        return values
+
 
 def _typed(value: object, annotation: str, where: str) -> object:
     """``value`` converted to the field's type (annotations are strings: postponed evaluation)."""
@@ -152,36 +159,56 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+# --- methods: one record each -------------------------------------------------------------------------------
+
+SHAPE_SETTINGS = ("filters", "kernels", "dense", "dropout")  # settings that shape a network, each used by some
+
+
 @dataclass(frozen=True)
 class Method:
-    """A way to train a model, by name: a scikit-learn pipeline, or a network with its default recipe."""
+    """A way to train a model, by name: everything the package knows of it, in one record.
+
+    ``builder`` names what makes it: a network class in :mod:`digit_recognizer.models` (built from the settings
+    named in ``shape``) or a scikit-learn pipeline factory in :mod:`digit_recognizer.methods`. A network has a
+    ``recipe`` (its default training settings) and ``search``, the choices its default search space offers for
+    its shape settings (:mod:`digit_recognizer.tune`); a classic method has neither. To add a network: write
+    its class in models.py and add its record here.
+    """
 
     description: str
-    recipe: TrainConfig | None = None  # a network's training settings; None for a scikit-learn method
+    builder: str
+    recipe: TrainConfig | None = None
+    shape: tuple[str, ...] = ()
+    search: dict[str, tuple] = field(default_factory=dict)
 
     @property
     def network(self) -> bool:
         return self.recipe is not None
 
 
-# The classic settings were chosen by 3-fold cross-validation (benchmarks/tune_classic.py). Must match the
-# estimators of methods.make_estimator and the networks of models.ARCHITECTURES (a test checks both).
+# The classic settings were chosen by 3-fold cross-validation (benchmarks/tune_classic.py).
 METHODS: dict[str, Method] = {
-    "logreg": Method("multinomial logistic regression on pixels / 255"),
-    "knn": Method("k-nearest neighbours (k = 6, distance-weighted) on 30 PCA components"),
-    "svm": Method("SVM with an RBF kernel on 50 PCA components"),
-    "forest": Method("random forest, 300 trees"),
-    "mlp": Method("fully connected network 784-512-256-10",
+    "logreg": Method("multinomial logistic regression on pixels / 255", "logreg"),
+    "knn": Method("k-nearest neighbours (k = 6, distance-weighted) on 30 PCA components", "knn"),
+    "svm": Method("SVM with an RBF kernel on 50 PCA components", "svm"),
+    "forest": Method("random forest, 300 trees", "forest"),
+    "mlp": Method("fully connected network 784-512-256-10", "MLP",
                   TrainConfig(optimizer="adam", epochs=20, batch_size=128)),
     # A small BatchNorm CNN with a one-cycle schedule and label smoothing: the seed's accuracy in a sixth of
     # its time. The variants tried, judged out of fold over many seeds, are recorded in docs/results.md.
-    "fast": Method("small BatchNorm CNN 16-32-64, one-cycle schedule",
+    "fast": Method("small BatchNorm CNN 16-32-64, one-cycle schedule", "FastCNN",
                    TrainConfig(filters=(16, 32, 64), dense=128, epochs=12, batch_size=128, optimizer="sgd", lr=0.1,
-                               weight_decay=5e-4, label_smoothing=0.1, schedule="onecycle")),
+                               weight_decay=5e-4, label_smoothing=0.1, schedule="onecycle"),
+                   shape=("filters", "dense"),
+                   search={"filters": ((16, 32, 64), (24, 48, 96), (32, 64, 128)), "dense": (64, 128, 256)}),
     # The seed kernel's recipe, unchanged: TrainConfig's defaults.
-    "cnn": Method("the seed kernel's CNN and recipe", TrainConfig()),
+    "cnn": Method("the seed kernel's CNN and recipe", "SeedCNN", TrainConfig(),
+                  shape=("filters", "kernels", "dense", "dropout"),
+                  search={"filters": ((16, 32, 64), (32, 64, 128), (48, 96, 192)), "dense": (128, 256, 512),
+                          "dropout": ((0.1, 0.1, 0.1, 0.25), (0.25, 0.25, 0.25, 0.5), (0.4, 0.4, 0.4, 0.5))}),
 }
 METHOD_NAMES = tuple(METHODS)
+NETWORK_NAMES = tuple(name for name, method in METHODS.items() if method.network)
 
 
 def check_method(name: str) -> Method:
@@ -195,14 +222,15 @@ def method_config(name: str) -> TrainConfig:
     return dataclasses.replace(check_method(name).recipe or TrainConfig())
 
 
+# --- presets: what --preset trains, by hardware ------------------------------------------------------------
+
 @dataclass(frozen=True)
 class Preset:
-    """A named choice of method, ensemble size and setting overrides."""
+    """A named choice of method and ensemble size."""
 
     method: str
     members: int = 1
     folds: int = 1
-    settings: dict = field(default_factory=dict)
 
 
 # `--preset ensemble`: networks averaged and scored out of fold on every training row, sized to the
@@ -223,3 +251,23 @@ def preset(name: str, device_type: str = "cpu") -> Preset:
         raise ValueError(f"unknown preset '{name}'; known: {', '.join(PRESETS)}")
     chosen = PRESETS[name]
     return chosen[device_type] if isinstance(chosen, dict) else chosen
+
+
+def choose(preset_name: str | None, model: str | None, members: int | None, folds: int | None,
+           device_type: str, tta: bool = False) -> Preset:
+    """What a training command trains: ``--preset`` (default ``seed``; one sized to the hardware picks by
+    ``device_type``) and ``--model``, ``--members``, ``--folds``, which win over it. Raises ValueError for a
+    combination that cannot work."""
+    chosen = preset(preset_name or "seed", "cuda" if device_type == "cuda" else "cpu")
+    if preset_name and model and model != chosen.method:
+        raise ValueError(f"--preset {preset_name} trains model '{chosen.method}', not '{model}'")
+    method = check_method(model or chosen.method)
+    members = (chosen.members if preset_name else 1) if members is None else members
+    folds = (chosen.folds if preset_name else 1) if folds is None else folds
+    if members < 1 or folds < 1:
+        raise ValueError("--members and --folds must be at least 1")
+    if (members > 1 or folds > 1) and not method.network:
+        raise ValueError(f"--members and --folds train networks; '{model or chosen.method}' is not one")
+    if tta and not method.network:
+        raise ValueError("--tta applies to networks, not to scikit-learn models")
+    return Preset(model or chosen.method, members, folds)

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from .errors import InputError
+from .errors import DataError, first_line
 from .files import atomic_path
 
 N_PIXELS = 784
@@ -33,10 +33,6 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _HEADER_LIMIT = 1 << 16  # bytes; Kaggle's header is about 7 KB
 _LINE_END = re.compile(rb"\r|\n")
 _BYTE = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255 in plain digits
-
-
-class DataError(InputError):
-    """Input that cannot be used. The message names the file, the line or column, and the fault."""
 
 
 @dataclass
@@ -77,7 +73,7 @@ def _read(path: Path, labelled: bool) -> Digits:
     try:
         values, problem = _parse(data, expected), "no fault found"
     except (pa.ArrowException, UnicodeDecodeError) as err:
-        values, problem = None, _first_line(err)
+        values, problem = None, first_line(err)
     if values is not None and (not labelled or values[:, 0].max() < N_CLASSES) and _only_digits(data, values, expected):
         if labelled:
             return Digits(np.ascontiguousarray(values[:, 1:]), values[:, 0].astype(np.int64))
@@ -105,7 +101,7 @@ def _load(path: Path) -> pa.Buffer:
             return stream.read_buffer()
     except (OSError, pa.ArrowException) as err:
         fault = _gzip_fault(path) if path.suffix == ".gz" else None
-        raise DataError(fault or f"{path}: cannot read ({_first_line(err)})") from None
+        raise DataError(fault or f"{path}: cannot read ({first_line(err)})") from None
 
 
 def _parse(data: pa.Buffer, expected: list[str]) -> np.ndarray | None:
@@ -246,11 +242,6 @@ def _gzip_fault(path: Path) -> str | None:
     if not decompressor.eof:
         return f"{path}: the gzip data ends early, in line {lines + 1} (truncated file?)"
     return None
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
 
 
 def load_embedded(test_size: int = 1000, seed: int = 0) -> tuple[Digits, Digits]:

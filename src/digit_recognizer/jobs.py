@@ -23,11 +23,11 @@ from sklearn.base import BaseEstimator
 from tqdm.auto import tqdm
 
 from .config import TrainConfig, check_method
+from .console import format_duration, show_bars
 from .data import N_CLASSES, DataError, Digits, split, split_indices
 from .evaluate import accuracy, predict_proba
 from .methods import NetClassifier, estimator_proba, make_estimator
 from .rundir import JobRecord, RunDir
-from .train import format_duration, show_bars
 
 
 @dataclass

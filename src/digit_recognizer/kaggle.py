@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import DataError, read_test, read_train
+from .data import read_test, read_train
+from .errors import DataError, KaggleError, SubmissionError
 
 COMPETITION = "digit-recognizer"
 TEST_ROWS = 28_000
@@ -43,14 +44,6 @@ INSTALL_HINT = ("the Kaggle commands need the kaggle package: pip install 'digit
 NO_CREDENTIALS = ("no Kaggle credentials found: create an API token at https://www.kaggle.com/settings/api and save "
                   "it to ~/.kaggle/access_token (or export KAGGLE_API_TOKEN=...), then try again")
 _INTEGER = re.compile(r"[0-9]{1,9}")
-
-
-class KaggleError(Exception):
-    """The Kaggle API cannot be used or answered with an error; the message says what to do (exit code 2)."""
-
-
-class SubmissionError(DataError):
-    """A submission file the leaderboard would refuse; the message names the file, the line and the fault."""
 
 
 # --- checking a submission -------------------------------------------------------------------------------------

@@ -84,21 +84,32 @@ def _scaler() -> FunctionTransformer:
     return FunctionTransformer(_scale)
 
 
-CLASSIC_ESTIMATORS = {
-    "logreg": lambda: make_pipeline(_scaler(), LogisticRegression(C=0.1, max_iter=300)),
-    "knn": lambda: make_pipeline(_scaler(), PCA(30, random_state=0), KNeighborsClassifier(6, weights="distance")),
-    "svm": lambda: make_pipeline(_scaler(), PCA(50, random_state=0), SVC(C=10, gamma="scale")),
-    "forest": lambda: RandomForestClassifier(300, n_jobs=-1, random_state=0),
-}
+# The classic methods' pipelines, each named by its record's ``builder`` (config.METHODS).
+
+def logreg() -> Pipeline:
+    return make_pipeline(_scaler(), LogisticRegression(C=0.1, max_iter=300))
+
+
+def knn() -> Pipeline:
+    return make_pipeline(_scaler(), PCA(30, random_state=0), KNeighborsClassifier(6, weights="distance"))
+
+
+def svm() -> Pipeline:
+    return make_pipeline(_scaler(), PCA(50, random_state=0), SVC(C=10, gamma="scale"))
+
+
+def forest() -> RandomForestClassifier:
+    return RandomForestClassifier(300, n_jobs=-1, random_state=0)
 
 
 def make_estimator(name: str, config: TrainConfig | None = None, device: str = "auto", progress: bool = False,
                    label: str = "") -> BaseEstimator:
     """A fresh, unfitted estimator for a method name; ``config`` sets a network's training settings
     (default: the method's recipe, :func:`~digit_recognizer.config.method_config`)."""
-    if check_method(name).network:  # also refuses an unknown name, listing the known ones
+    record = check_method(name)  # also refuses an unknown name, listing the known ones
+    if record.network:
         return NetClassifier(name, config, device, progress, label)
-    return CLASSIC_ESTIMATORS[name]()
+    return globals()[record.builder]()
 
 
 def estimator_proba(estimator: BaseEstimator, X: np.ndarray) -> np.ndarray:

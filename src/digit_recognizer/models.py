@@ -16,8 +16,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import TrainConfig, method_config
+from .config import NETWORK_NAMES, TrainConfig, check_method, method_config
 from .data import SIDE
+from .errors import first_line
 from .files import atomic_path
 
 
@@ -110,22 +111,15 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"cnn": SeedCNN, "fast": FastCNN, "mlp": MLP}
-# The TrainConfig settings each architecture is built from (the others do not apply to it).
-NETWORK_OPTIONS: dict[str, tuple[str, ...]] = {"cnn": ("filters", "kernels", "dense", "dropout"),
-                                               "fast": ("filters", "dense"), "mlp": ()}
-
-
-def network_options(method: str, cfg: TrainConfig) -> dict:
-    """The settings of ``cfg`` that shape the network of ``method``, as plain values."""
-    return {name: getattr(cfg, name) for name in NETWORK_OPTIONS[method]}
-
-
 def build_network(method: str, cfg: TrainConfig | None = None) -> nn.Module:
-    """The network of a method (``cnn``, ``fast`` or ``mlp``) shaped by ``cfg`` (default: the method's recipe)."""
-    if method not in ARCHITECTURES:
-        raise ValueError(f"unknown network '{method}'; known: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[method](**network_options(method, cfg or method_config(method)))
+    """The network of a method (its record's ``builder``, a class of this module) shaped by the settings its
+    record names (``shape``) from ``cfg`` (default: the method's recipe)."""
+    if method not in NETWORK_NAMES:
+        raise ValueError(f"unknown network '{method}'; known: {', '.join(NETWORK_NAMES)}")
+    record = check_method(method)
+    network_class = globals()[record.builder]
+    cfg = cfg or method_config(method)
+    return network_class(**{name: getattr(cfg, name) for name in record.shape})
 
 
 def save_weights(network: nn.Module, path: str | Path) -> None:
@@ -144,17 +138,10 @@ def load_weights(network: nn.Module, path: str | Path) -> nn.Module:
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+        raise ValueError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"{path}: the weights do not fit the network described by config.json "
-                         f"({_first_line(err)})") from None
+                         f"({first_line(err)})") from None
     return network.eval()
-
-
-def _first_line(err: Exception) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].endswith(":"):  # torch's "Error(s) in loading state_dict for X:" heading
-        lines = lines[1:]
-    return lines[0][:200] if lines else type(err).__name__

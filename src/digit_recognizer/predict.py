@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import first_line
 from .files import output_path
 
 
@@ -51,7 +52,7 @@ class OnnxPredictor:
         try:
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # ONNX Runtime raises several kinds for a damaged or foreign file
-            raise ValueError(f"{path}: not a usable ONNX model ({_first_line(err)})") from None
+            raise ValueError(f"{path}: not a usable ONNX model ({first_line(err)})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or list(inputs[0].shape[1:]) != [1, 28, 28] or len(outputs) != 1:
             raise ValueError(f"{path}: expected one input of shape (n, 1, 28, 28) and one output, got inputs "
@@ -85,7 +86,7 @@ class OnnxPredictor:
         try:
             out = self.session.run(None, {self.input: x})[0]
         except Exception as err:  # ONNX Runtime raises several kinds; the model is at fault, not the images
-            raise ValueError(f"{self.name}: the model fails on {batch} ({_first_line(err)})") from None
+            raise ValueError(f"{self.name}: the model fails on {batch} ({first_line(err)})") from None
         if not isinstance(out, np.ndarray) or out.dtype.kind not in "iuf":
             what = f"{out.dtype} values" if isinstance(out, np.ndarray) else f"a {type(out).__name__}"
             raise ValueError(f"{self.name}: the model answers {what}, not numeric scores")
@@ -120,11 +121,6 @@ def export_onnx(run_dir: str | Path, path: str | Path) -> None:
             network, (example,), str(tmp), input_names=["pixels"], output_names=["logits"],
             dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
         )
-
-
-def _first_line(err: Exception) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(err).__name__
 
 
 def write_submission(labels: np.ndarray, path: str | Path) -> None:

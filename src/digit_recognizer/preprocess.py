@@ -13,14 +13,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .data import SIDE
+from .errors import ImageError
 
 BOX = 20
 MAX_SIDE = 4096
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")  # the formats the API accepts; no others are tried
-
-
-class ImageError(ValueError):
-    """An image that cannot be turned into a digit; the message says why."""
 
 
 def decode(data: bytes, max_side: int = MAX_SIDE) -> Image.Image:

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import __version__
 from .config import TrainConfig, check_method
-from .errors import InputError, first_line
+from .errors import InputError, RunDirError, first_line
 from .files import atomic_path, check_writable, read_bounded, temporaries_of, write_json
 
 if TYPE_CHECKING:
@@ -98,10 +98,6 @@ _MAX_CHECKPOINT = 2 << 30  # weights, optimiser state and a weight average of th
 JOB_EVENTS, RUN_EVENTS = ".job", ".run"
 FINAL_METRICS = ("val_accuracy", "val_loss", "single_model_accuracy", "ensemble_accuracy", "ensemble_accuracy_tta",
                  "ensemble_loss")
-
-
-class RunDirError(InputError):
-    """A run directory, or a model directory, that cannot be used; the message names the file and the fault."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +173,7 @@ def digest(digits: Digits) -> str:
 def manifest(kind: str, jobs: list[str], **what: object) -> dict:
     """``run.json``'s content: the kind of run, its jobs, and everything that decides their results (settings
     given as a :class:`TrainConfig` are stored without the device, which does not)."""
-    what = {key: _settings(value) if isinstance(value, TrainConfig) else value for key, value in what.items()}
+    what = {key: value.settings() if isinstance(value, TrainConfig) else value for key, value in what.items()}
     # As it will read back from run.json (tuples become lists), so that the same settings compare equal.
     return json.loads(json.dumps({"kind": kind, "jobs": jobs, **what, "version": __version__}))
 
@@ -273,7 +269,7 @@ class RunDir:
         files = [folder / name for name in (CONFIG_FILE, _model_file(job.method), HISTORY_FILE, HELDOUT_FILE,
                                             JOB_FILE)]
         self._record(*files)
-        write_json({"method": job.method, "train": _settings(job.config)}, folder / CONFIG_FILE)
+        write_json({"method": job.method, "train": job.config.settings()}, folder / CONFIG_FILE)
         if result.estimator is not None:
             save_estimator(result.estimator, folder / _model_file(job.method))
         if result.history is not None:
@@ -373,7 +369,7 @@ class RunDir:
         held-out accuracy as hyper-parameters, so that TensorBoard shows each member as a run of its own."""
         from .report import write_events
 
-        hparams = {"job": job.name, "method": job.method, **_settings(job.config)} if job.name else None
+        hparams = {"job": job.name, "method": job.method, **job.config.settings()} if job.name else None
         metrics = {"final/held_out_accuracy": accuracy} if job.name else None
         self._write_events(job.name, JOB_EVENTS, write_events, history=history, hparams=hparams, metrics=metrics)
 
@@ -632,13 +628,6 @@ def _inside_name(entry: object) -> bool:
 
 def _model_file(method: str) -> str:
     return WEIGHTS_FILE if check_method(method).network else SKOPS_FILE
-
-
-def _settings(cfg: TrainConfig) -> dict:
-    """The settings that decide a result (the device does not: a run may resume on other hardware)."""
-    values = cfg.to_dict()
-    del values["device"]
-    return values
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:

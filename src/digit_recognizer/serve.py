@@ -31,8 +31,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from .data import N_PIXELS
+from .errors import BadRequest, ImageError
 from .predict import OnnxPredictor, TorchPredictor
-from .preprocess import ImageError, decode, mnist_like
+from .preprocess import decode, mnist_like
 
 MAX_BODY = 4 * 1024 * 1024
 MAX_BATCH = 1024
@@ -42,13 +43,6 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 REPORT_LINK = '<p class="hint"><a href="/report">The model\'s report</a>: its metrics, curves and errors.</p>'
 # report.html is self-contained: it may show its own inline styles and data: images, and load nothing else.
 REPORT_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def pixels_from_json(body: bytes) -> tuple[np.ndarray, bool]:

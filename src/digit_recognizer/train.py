@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .augment import random_affine
 from .config import TrainConfig
+from .console import format_duration, show_bars
 from .data import Digits
 from .errors import InputError, TrainingDiverged, first_line
 from .evaluate import log_loss, predict_proba
@@ -62,11 +63,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f"device '{name}' was asked for but there are {torch.cuda.device_count()} CUDA devices")
     return device
-
-
-def show_bars() -> bool:
-    """Progress bars only on a terminal: redirected to a file they would fill it with control codes."""
-    return sys.stderr.isatty()
 
 
 # --- what training changes ---------------------------------------------------------------------------------------
@@ -304,13 +300,3 @@ def format_epoch(row: dict, epochs: int, left: float | None = None) -> str:
         f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  lr {row['lr']:.1e}  "
         f"{row['seconds']:.1f}s  {row['images_per_second']:.0f} img/s{eta}"
     )
-
-
-def format_duration(seconds: float) -> str:
-    """``42s``, ``3m05s``, ``1h02m``."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

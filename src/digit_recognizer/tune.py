@@ -56,7 +56,8 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from .config import TrainConfig, _typed, check_method
+from .config import SHAPE_SETTINGS, TrainConfig, _typed, check_method
+from .console import format_duration, show_bars
 from .data import Digits, split_indices
 from .errors import TrainingDiverged, first_line
 from .files import read_bounded
@@ -81,15 +82,6 @@ OBJECTIVE = "mean held-out accuracy"
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 NOT_SEARCHED = {"device": "it is the hardware, not a training setting",
                 "seed": "it decides the folds every trial shares; set it with --seed"}
-SHAPE_SETTINGS = ("filters", "kernels", "dense", "dropout")  # used or not depending on the network
-# The widths (and dropout) each network's default space chooses from; the other settings are ranges around
-# the recipe's values (default_space).
-DEFAULT_SHAPES: dict[str, dict[str, tuple]] = {
-    "cnn": {"filters": ((16, 32, 64), (32, 64, 128), (48, 96, 192)), "dense": (128, 256, 512),
-            "dropout": ((0.1, 0.1, 0.1, 0.25), (0.25, 0.25, 0.25, 0.5), (0.4, 0.4, 0.4, 0.5))},
-    "fast": {"filters": ((16, 32, 64), (24, 48, 96), (32, 64, 128)), "dense": (64, 128, 256)},
-    "mlp": {},
-}
 
 
 # --- the search space ------------------------------------------------------------------------------------------
@@ -138,7 +130,7 @@ def default_space(method: str, base: TrainConfig) -> dict[str, Param]:
         Param("label_smoothing", 0.0, 0.2),
         Param("epochs", max(1, epochs // 2), max(2, epochs + epochs // 2)),
         Param("batch_size", choices=tuple(sorted({64, 128, 256, base.batch_size}))),
-        *(Param(name, choices=choices) for name, choices in DEFAULT_SHAPES[method].items()),
+        *(Param(name, choices=choices) for name, choices in check_method(method).search.items()),
     ]
     if base.augment:
         space += [Param("rotation", 0.0, 15.0), Param("zoom", 0.0, 0.2), Param("shift", 0.0, 0.2)]
@@ -210,11 +202,9 @@ def _param(name: str, table: dict, key: str) -> Param:
 def check_space(space: dict[str, Param], method: str, base: TrainConfig, where: str = "search space") -> None:
     """Refuse, before any training, a setting the network does not use, and a range or choice that could not
     train: each extreme is checked with :meth:`TrainConfig.validate` on top of ``base``."""
-    from .models import NETWORK_OPTIONS
-
     for name, param in space.items():
         key = f"{where}: {name}"
-        if name in SHAPE_SETTINGS and name not in NETWORK_OPTIONS[method]:
+        if name in SHAPE_SETTINGS and name not in check_method(method).shape:
             raise ValueError(f"{key}: the {method} network does not use this setting")
         for value in param.extremes():
             try:
@@ -347,7 +337,6 @@ class _Trial:
     """A trial under way: its settings, its jobs, and its finished folds."""
 
     trial: optuna.Trial
-    cfg: TrainConfig
     jobs: list[Job]
     fold_of: dict[str, int]
     folds: dict[int, dict]
@@ -411,7 +400,7 @@ class _Search:
         self.total, self.started, self.asked, self.done = trials, time.monotonic(), 0, 0
         self.deadline = None if timeout is None else self.started + timeout
         self.bar = tqdm(total=trials, desc="trials", unit="trial", file=sys.stderr,
-                        disable=not (self.progress and sys.stderr.isatty()))
+                        disable=not (self.progress and show_bars()))
         try:
             if self.width == 1:
                 self._run_here()
@@ -480,11 +469,11 @@ class _Search:
         params = {name: param.suggest(trial) for name, param in self.space.items()}
         cfg = TrainConfig.from_dict({**self.base.to_dict(), **params})
         cfg.validate()
-        trial.set_user_attr("config", _settings(cfg))
+        trial.set_user_attr("config", cfg.settings())
         origin = trial.user_attrs.get("retry_of", trial.number)  # a retried trial resumes the original's folds
         jobs = fold_jobs(f"trial{origin}", self.method, cfg, self.pairs)
         finished = {int(k): v for k, v in trial.user_attrs.get("folds", {}).items()}
-        t = _Trial(trial, cfg, [job for k, job in enumerate(jobs) if k not in finished],
+        t = _Trial(trial, [job for k, job in enumerate(jobs) if k not in finished],
                    {job.name: k for k, job in enumerate(jobs)}, finished)
         for step in range(1, len(finished) + 1):
             trial.report(float(np.mean([f["accuracy"] for f in list(finished.values())[:step]])), step)
@@ -534,7 +523,7 @@ class _Search:
             left = (now - self.started) / self.done * (self.total - self.done)
             if self.deadline is not None:
                 left = min(left, max(0.0, self.deadline - now))
-            eta = f", ETA {_duration(left)}" if self.done < self.total and left > 0 else ""
+            eta = f", ETA {format_duration(left)}" if self.done < self.total and left > 0 else ""
             tqdm.write(f"trial {self.done}/{self.total}: {outcome} ({best}), {now - t.started:.0f}s{eta}",
                        file=sys.stderr)
 
@@ -658,22 +647,6 @@ def _toml_value(value: object) -> str:
     raise TypeError(f"no TOML form for {value!r}")
 
 
-def _settings(cfg: TrainConfig) -> dict:
-    """A trial's settings as plain values, without the device (hardware, not a result)."""
-    values = json.loads(json.dumps(cfg.to_dict()))
-    del values["device"]
-    return values
-
-
 def _label(value: object) -> str:
     """A setting's value as shown in tables and messages; a list as "16,32,64"."""
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f}m"
-    hours, minutes = divmod(round(seconds / 60), 60)
-    return f"{hours}h{minutes:02d}m"
