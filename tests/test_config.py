@@ -11,8 +11,8 @@ import pytest
 from digit_recognizer.config import (
     METHODS,
     OPTIMIZER_NAMES,
-    SHAPE_SETTINGS,
     PRESETS,
+    SHAPE_SETTINGS,
     TrainConfig,
     method_config,
     preset,
