@@ -43,8 +43,8 @@ from digit_recognizer.data import Digits, find_csv, read_train
 from digit_recognizer.errors import InputError, TrainingDiverged, first_line
 from digit_recognizer.files import read_bounded
 from digit_recognizer.jobs import check_split, member_name
-from digit_recognizer.pipeline import train_run
 from digit_recognizer.rundir import HISTORY_FILE, METRICS_FILE, RunDir, digest
+from digit_recognizer.runs import train_run
 from digit_recognizer.train import resolve_device
 
 sys.path.insert(0, str(Path(__file__).parent))

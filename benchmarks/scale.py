@@ -27,9 +27,9 @@ import torch
 
 from digit_recognizer.config import method_config
 from digit_recognizer.data import find_csv, read_train
+from digit_recognizer.execute import InProcess
 from digit_recognizer.files import write_json
-from digit_recognizer.jobs import InProcess
-from digit_recognizer.pipeline import train_run
+from digit_recognizer.runs import train_run
 
 sys.path.insert(0, str(Path(__file__).parent))
 from seed_recipe import machine

@@ -24,7 +24,7 @@ import torch
 from digit_recognizer.config import TrainConfig
 from digit_recognizer.data import find_csv, read_test, read_train
 from digit_recognizer.files import write_json
-from digit_recognizer.pipeline import run
+from digit_recognizer.runs import run
 
 
 def machine() -> dict:

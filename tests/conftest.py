@@ -1,19 +1,69 @@
+"""Fixtures and helpers shared by the test files, and the markers of tests that files owned elsewhere cannot
+mark themselves."""
+
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from digit_recognizer.config import method_config
+from digit_recognizer.config import TrainConfig, method_config
 from digit_recognizer.data import Digits, load_embedded, read_train, write_csv
-from digit_recognizer.pipeline import train_run
+from digit_recognizer.runs import train_run
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "digit-recognizer"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# A network trained in a second or two: the fast preset shrunk to 4-8-8 filters and 16 dense units, one epoch.
+TINY_FLAGS = ["--epochs", "1", "--filters", "4,8,8", "--dense", "16"]
+
+# The recipes the tests that read a trained model's accuracy were measured with, spelled out rather than read
+# from config.METHODS: a change of a recipe must not move those tests. On the CPU, so that the machine does not.
+SEED_RECIPE = {"filters": (32, 64, 128), "kernels": (5, 3, 3), "dense": 256, "dropout": (0.25, 0.25, 0.25, 0.5),
+               "epochs": 30, "batch_size": 86, "optimizer": "rmsprop", "lr": 1e-3, "weight_decay": 0.0,
+               "label_smoothing": 0.0, "ema": 0.0, "schedule": "plateau", "lr_factor": 0.5, "lr_patience": 3,
+               "min_lr": 1e-5, "val_fraction": 0.1, "seed": 2, "augment": True, "rotation": 10.0, "zoom": 0.1,
+               "shift": 0.1, "device": "cpu"}
+FAST_RECIPE = {**SEED_RECIPE, "filters": (16, 32, 64), "dense": 128, "epochs": 12, "batch_size": 128,
+               "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "label_smoothing": 0.1, "schedule": "onecycle"}
+
+
+def pinned(recipe: dict, **changes: object) -> TrainConfig:
+    """Every training setting fixed here: ``recipe`` (SEED_RECIPE or FAST_RECIPE) with ``changes``."""
+    settings = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(recipe) == settings, f"pin the new settings too: {sorted(settings - set(recipe))}"
+    assert set(changes) <= settings, f"not training settings: {sorted(set(changes) - settings)}"
+    return TrainConfig(**{**recipe, **changes})
+
+
+def pinned_file(folder: Path, recipe: dict, **changes: object) -> Path:
+    """:func:`pinned` settings as a JSON file for ``--config``: every setting given, none left to a recipe."""
+    path = folder / "pinned.json"
+    path.write_text(json.dumps(pinned(recipe, **changes).to_dict()))
+    return path
+
+
+def tiny(epochs: int = 1, **changes: object) -> TrainConfig:
+    """The fast network's recipe shrunk to 4-8-8 filters and 16 dense units (as TINY_FLAGS), for tests that
+    need a trained network, not a good one."""
+    return dataclasses.replace(method_config("fast"), filters=(4, 8, 8), dense=16, epochs=epochs, **changes)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark what files owned elsewhere do not mark themselves: the browser tests (they need Chromium), and the
+    tests of the served network, which is trained once per session for about a minute, as slow."""
+    for item in items:
+        if item.path.name == "test_browser.py":
+            item.add_marker(pytest.mark.browser)
+        if "served_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
 def embedded() -> tuple[Digits, Digits]:
+    """The embedded MNIST sample: 4,000 labelled and 1,000 unlabelled digits."""
     return load_embedded()
 
 
@@ -37,11 +87,9 @@ def served_run(tmp_path_factory, embedded) -> Path:
         train, epochs = Digits(full.images[:20_000], full.labels[:20_000]), 6
     else:
         train, epochs = embedded[0], 10
-    cfg = method_config("fast")
-    # Settings of its own, so that a change of the preset's recipe does not move the serving tests: with
-    # label smoothing, this short training reads DejaVu's "1" (a foot that MNIST ones lack) as a 2.
-    cfg.epochs, cfg.label_smoothing = epochs, 0.0
-    train_run(train, out, "fast", cfg, progress=False)
+    # Settings of its own, every one pinned, so that a change of the preset's recipe does not move the serving
+    # tests: with label smoothing, this short training reads DejaVu's "1" (a foot that MNIST ones lack) as a 2.
+    train_run(train, out, "fast", pinned(FAST_RECIPE, epochs=epochs, label_smoothing=0.0), progress=False)
     return out
 
 

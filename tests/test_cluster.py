@@ -8,22 +8,25 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_FLAGS, tiny
 
-from digit_recognizer.config import method_config
 from digit_recognizer.data import Digits
-from digit_recognizer.jobs import InProcess
-from digit_recognizer.pipeline import train_run
+from digit_recognizer.execute import InProcess
+from digit_recognizer.jobs import JobRecord, ensemble_jobs
 from digit_recognizer.rundir import RunDir
+from digit_recognizer.runs import train_run
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from digit_recognizer.cluster import RayCluster  # noqa: E402
 
+pytestmark = pytest.mark.cluster
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
@@ -44,6 +47,7 @@ def ray_processes() -> list[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def no_ray_process_left_behind():
+    """After the module's tests, every Ray process they started has ended (within 15 s)."""
     yield
     deadline = time.monotonic() + 15
     while ray_processes() and time.monotonic() < deadline:
@@ -51,14 +55,9 @@ def no_ray_process_left_behind():
     assert not ray_processes()
 
 
-def tiny(epochs: int = 1):
-    cfg = method_config("fast")
-    cfg.filters, cfg.dense, cfg.epochs = (4, 8, 8), 16, epochs
-    return cfg
-
-
 @pytest.fixture(scope="module")
 def digits(embedded) -> Digits:
+    """400 real digits: enough for 2 folds of tiny networks."""
     return Digits(embedded[0].images[:400], embedded[0].labels[:400])
 
 
@@ -73,12 +72,16 @@ def cluster():
     cluster.shutdown()
 
 
-def records(out) -> dict[str, dict]:
+def records(out: Path, digits: Digits, members: int, folds: int = 1) -> dict[str, JobRecord]:
+    """Every job's record of a tiny ensemble trained into ``out``, by name, read back against its plan."""
     run_dir = RunDir(out)
-    return {name: run_dir.read_job(name) for name in run_dir.read_manifest()["jobs"]}
+    return {job.name: run_dir.read_job(job) for job in ensemble_jobs("fast", tiny(), digits.labels, members, folds)}
 
 
+@pytest.mark.slow
 def test_ray_jobs_give_the_same_results_as_in_process(cluster, digits, tmp_path):
+    """An ensemble trained as Ray tasks (one CPU each) gives the same metrics, held-out probabilities and files as
+    the same ensemble trained in this process with one thread; each job records the resources it was given."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each task: one CPU, one thread
     try:
@@ -94,40 +97,82 @@ def test_ray_jobs_give_the_same_results_as_in_process(cluster, digits, tmp_path)
         executor.close()
     assert there["table"] == [{**row, "train_seconds": row_t["train_seconds"]}
                               for row, row_t in zip(here["table"], there["table"], strict=True)]
-    a, b = records(tmp_path / "here"), records(tmp_path / "there")
+    a, b = records(tmp_path / "here", digits, 2, 2), records(tmp_path / "there", digits, 2, 2)
     assert sorted(a) == sorted(b) == ["member0-fold0", "member0-fold1", "member1-fold0", "member1-fold1"]
     for name in a:
         np.testing.assert_allclose(a[name].proba, b[name].proba, atol=1e-6)
-        assert a[name].summary["accuracy"] == b[name].summary["accuracy"]
-        assert b[name].summary["resources"] == {"CPU": 1.0}
+        assert a[name].summary.accuracy == b[name].summary.accuracy
+        assert b[name].summary.resources == {"CPU": 1.0}
     files = {p.relative_to(tmp_path / "here") for p in (tmp_path / "here").rglob("*")}
     assert files == {p.relative_to(tmp_path / "there") for p in (tmp_path / "there").rglob("*")}
     assert there["execution"]["engine"] == "ray" and here["execution"]["engine"] == "in-process"
 
 
-def test_a_node_that_dies_mid_run_has_its_jobs_retried(cluster, digits, tmp_path):
+class HeldDigits(Digits):
+    """Digits whose images, when a training job reads them on a Ray worker, first mark the job as started on its
+    node (the file ``started-<node id>`` in ``gate``), then wait until the test creates ``gate/go``. Read in
+    the process that made them, they never wait."""
+
+    def __init__(self, digits: Digits, gate: Path) -> None:
+        super().__init__(digits.images, digits.labels)
+        self.gate, self.driver = gate, os.getpid()
+
+    def __getattribute__(self, name: str) -> object:
+        if name == "images" and os.getpid() != object.__getattribute__(self, "driver"):
+            gate = object.__getattribute__(self, "gate")
+            (gate / f"started-{ray.get_runtime_context().get_node_id()}").touch()
+            deadline = time.monotonic() + 120  # a failed test's job stops waiting in the end
+            while not (gate / "go").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return object.__getattribute__(self, name)
+
+
+@pytest.fixture
+def held_digits(digits, tmp_path) -> HeldDigits:
+    """The digits, held on the workers until the test lets them go; shipped to Ray with their class (the workers
+    cannot import this test module)."""
+    module = sys.modules[__name__]
+    ray.cloudpickle.register_pickle_by_value(module)
+    (tmp_path / "gate").mkdir()
+    yield HeldDigits(digits, tmp_path / "gate")
+    ray.cloudpickle.unregister_pickle_by_value(module)
+
+
+@pytest.mark.slow
+def test_a_node_that_dies_mid_run_has_its_jobs_retried(cluster, held_digits, tmp_path):
+    """The only worker node dies while the first job trains on it (held there until the test lets it go); a
+    new node joins, and every job, the interrupted one included, runs to the end on it."""
     doomed = next(iter(cluster.worker_nodes))
     executor = RayCluster(cluster.address, cpus_per_job=1)
     finished = {}
 
     def drive():
-        finished["metrics"] = train_run(digits, tmp_path / "out", "fast", tiny(epochs=6), progress=False,
-                                        members=2, executor=executor)
+        finished["metrics"] = train_run(held_digits, tmp_path / "out", "fast", tiny(), progress=False, members=2,
+                                        executor=executor)
 
     driver = threading.Thread(target=drive)
     driver.start()
-    time.sleep(2)  # the first job is starting or training on the only worker node
-    assert not (tmp_path / "out" / "jobs" / "member0" / "job.json").exists()
+    started = held_digits.gate / f"started-{doomed.node_id}"
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert started.exists(), "no job started on the worker node"
+    assert not list((tmp_path / "out").glob("jobs/*/job.json"))  # held: nothing can have finished
     cluster.remove_node(doomed, allow_graceful=False)
     survivor = cluster.add_node(num_cpus=1)
+    (held_digits.gate / "go").touch()
     driver.join(timeout=120)
     executor.close()
     assert "metrics" in finished, "the run did not complete"
-    for record in records(tmp_path / "out").values():
-        assert record.summary["where"].startswith(survivor.node_id[:8])  # retried on the node that lived
+    assert (held_digits.gate / f"started-{survivor.node_id}").exists()
+    for record in records(tmp_path / "out", held_digits, members=2).values():
+        assert record.summary.where.startswith(survivor.node_id[:8])  # retried on the node that lived
 
 
+@pytest.mark.slow
 def test_an_interrupted_driver_resubmits_only_unfinished_jobs(cluster, digits, tmp_path, monkeypatch):
+    """A driver interrupted after its first result has written that job only (no temporary file left); run
+    again, it submits only the two unfinished jobs and completes the ensemble."""
     executor = RayCluster(cluster.address, cpus_per_job=1)
     real_write = RunDir.write_job
 
@@ -152,16 +197,19 @@ def test_an_interrupted_driver_resubmits_only_unfinished_jobs(cluster, digits, t
     assert len(list((tmp_path / "out").glob("jobs/*/job.json"))) == 3
 
 
+@pytest.mark.slow
 def test_fractional_gpus_are_scheduled_as_asked(digits, tmp_path):
+    """On a node with one (logical) GPU, four jobs of a quarter GPU each are given a quarter of GPU 0, and train
+    on CUDA only where torch has it; a job asking for more GPUs than any node has is refused at once."""
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "num_gpus": 1})  # a logical GPU
     try:
         executor = RayCluster(cluster.address, cpus_per_job=1, gpus_per_job=0.25)
         train_run(digits, tmp_path / "out", "fast", tiny(), progress=False, members=4, executor=executor)
         executor.close()
-        for record in records(tmp_path / "out").values():
-            assert record.summary["resources"] == {"CPU": 1.0, "GPU": 0.25}
-            assert record.summary["where"].endswith("gpu 0")
-            assert record.summary["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+        for record in records(tmp_path / "out", digits, members=4).values():
+            assert record.summary.resources == {"CPU": 1.0, "GPU": 0.25}
+            assert record.summary.where.endswith("gpu 0")
+            assert record.summary.device == ("cuda" if torch.cuda.is_available() else "cpu")
         with pytest.raises(ValueError, match="no node can take"):
             RayCluster(cluster.address, cpus_per_job=1, gpus_per_job=2)
     finally:
@@ -169,10 +217,13 @@ def test_fractional_gpus_are_scheduled_as_asked(digits, tmp_path):
         cluster.shutdown()
 
 
+@pytest.mark.slow
 def test_the_command_line_with_a_local_cluster(small_data_dir, tmp_path):
+    """run --cluster auto in a process of its own trains the ensemble's 4 jobs on Ray, writes the submission, and
+    reports one line per finished job."""
     command = [sys.executable, "-m", "digit_recognizer.cli", "run", "--preset", "ensemble", "--cluster", "auto",
-               "--members", "2", "--folds", "2", "--epochs", "1", "--filters", "4,8,8", "--dense", "16",
-               "--data-dir", str(small_data_dir), "--out", str(tmp_path / "out")]
+               "--members", "2", "--folds", "2", *TINY_FLAGS, "--data-dir", str(small_data_dir),
+               "--out", str(tmp_path / "out")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -183,6 +234,7 @@ def test_the_command_line_with_a_local_cluster(small_data_dir, tmp_path):
 
 
 def test_an_unreachable_cluster_is_one_line(tmp_path, capsys):
+    """--cluster at an address where nothing listens exits 2 with one line naming the address."""
     from digit_recognizer.cli import main
 
     code = main(["train", "--out", str(tmp_path / "o"), "--cluster", "127.0.0.1:1", "--epochs", "1"])

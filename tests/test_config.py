@@ -47,6 +47,7 @@ def test_every_method_record_builds_its_model(name):
 
 @pytest.mark.parametrize("optimizer", OPTIMIZER_NAMES)
 def test_every_optimizer_name_builds_an_optimizer(optimizer):
+    """Each optimizer name a setting accepts builds a torch optimizer."""
     import torch
 
     from digit_recognizer.models import build_network
@@ -57,12 +58,19 @@ def test_every_optimizer_name_builds_an_optimizer(optimizer):
     assert isinstance(make_optimizer(cfg, build_network("fast", cfg)), torch.optim.Optimizer)
 
 
-def test_presets_name_methods_and_valid_settings():
-    for name in PRESETS:
-        for device_type in ("cpu", "cuda"):
-            p = preset(name, device_type)
-            assert p.method in METHODS and p.members >= 1 and p.folds >= 1
-            method_config(p.method).validate()
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_names_a_method_with_valid_settings(name, device_type):
+    """Each preset, on either hardware, names a known method, at least one member and fold, and its method's
+    recipe validates."""
+    p = preset(name, device_type)
+    assert p.method in METHODS and p.members >= 1 and p.folds >= 1
+    method_config(p.method).validate()
+
+
+def test_presets_and_recipes():
+    """The seed recipe is TrainConfig's default, the presets pick their methods and ensemble sizes, each recipe
+    is a fresh copy, and an unknown preset is refused."""
     assert method_config("cnn") == TrainConfig()  # the seed recipe is the unchanged default
     assert preset("seed").method == "cnn" and preset("fast").method == "fast"
     assert preset("ensemble", "cpu").members == 8 and preset("ensemble", "cuda").method == "cnn"
@@ -81,6 +89,7 @@ def test_presets_name_methods_and_valid_settings():
     ({"epoch": 3}, "unknown setting 'epoch'"),
 ])
 def test_from_dict_refuses_wrong_names_and_types(values, message):
+    """A setting from outside with an unknown name or the wrong type is refused, naming it."""
     with pytest.raises(ValueError, match=message):
         TrainConfig.from_dict(values, "my.toml")
 
@@ -97,11 +106,13 @@ def test_from_dict_refuses_wrong_names_and_types(values, message):
     ({"zoom": 1.5}, "zoom and shift"),
 ])
 def test_validate_refuses_values_that_would_fail_later(values, message):
+    """A setting whose value could not train is refused before any data is read, naming it."""
     with pytest.raises(ValueError, match=message):
         TrainConfig.from_dict(values).validate()
 
 
 def test_from_dict_converts_lists_and_ints():
+    """Lists from a file become tuples and an int where a float is expected becomes a float."""
     cfg = TrainConfig.from_dict({"filters": [8, 16, 32], "lr": 1, "dropout": [0, 0.1, 0.1, 0.5]})
     assert cfg.filters == (8, 16, 32) and cfg.lr == 1.0 and isinstance(cfg.lr, float)
     assert cfg.dropout == (0.0, 0.1, 0.1, 0.5)
@@ -109,6 +120,8 @@ def test_from_dict_converts_lists_and_ints():
 
 
 def test_light_modules_do_not_import_torch_or_sklearn():
+    """Importing the package, its command line and its server imports neither torch nor scikit-learn (start-up
+    time)."""
     code = ("import sys, digit_recognizer, digit_recognizer.cli, digit_recognizer.serve; "
             "heavy = [m for m in ('torch', 'sklearn') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")

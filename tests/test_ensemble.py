@@ -1,3 +1,5 @@
+"""Ensembles: members that differ by seed, averaged, scored out of fold, resumed, and test-time augmentation."""
+
 from __future__ import annotations
 
 import json
@@ -6,32 +8,29 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY_FLAGS, tiny
 
-import digit_recognizer.jobs as jobs_module
+import digit_recognizer.execute as execute_module
 import digit_recognizer.train as train_module
 from digit_recognizer.cli import main
-from digit_recognizer.config import TrainConfig, method_config
+from digit_recognizer.config import TrainConfig
 from digit_recognizer.data import Digits, split_indices
 from digit_recognizer.evaluate import predict_proba, shifted
+from digit_recognizer.loading import load_model
 from digit_recognizer.methods import EnsembleModel
 from digit_recognizer.models import build_network
-from digit_recognizer.pipeline import train_run
-from digit_recognizer.rundir import load_model
-
-
-def tiny(schedule: str = "onecycle") -> TrainConfig:
-    cfg = method_config("fast")
-    cfg.filters, cfg.dense, cfg.epochs, cfg.schedule = (4, 8, 8), 16, 1, schedule
-    return cfg
+from digit_recognizer.runs import train_run
 
 
 @pytest.fixture(scope="module")
 def digits(embedded) -> Digits:
+    """300 real digits: enough for 3 folds of tiny networks."""
     train, _ = embedded
     return Digits(train.images[:300], train.labels[:300])
 
 
 def test_shift_moves_pixels_and_fills_with_background():
+    """A shift moves the ink by whole pixels; what leaves the image is gone, not wrapped to the other side."""
     x = torch.zeros(1, 1, 28, 28)
     x[0, 0, 5, 7] = 1
     assert shifted(x, 1, 0)[0, 0, 6, 7] == 1 and shifted(x, 0, -1)[0, 0, 5, 6] == 1
@@ -41,6 +40,7 @@ def test_shift_moves_pixels_and_fills_with_background():
 
 
 def test_tta_probabilities_are_well_formed(digits):
+    """Test-time augmentation gives probabilities of the same shape, summing to 1, and different from one pass."""
     torch.manual_seed(0)
     network = build_network("fast", TrainConfig(filters=(4, 8, 8), dense=16))
     plain = predict_proba(network, digits.images[:50])
@@ -51,6 +51,7 @@ def test_tta_probabilities_are_well_formed(digits):
 
 
 def test_ensemble_averages_its_members(digits, tmp_path):
+    """A 2-member ensemble's model predicts the mean of its members' probabilities; each member's files are kept."""
     metrics = train_run(digits, tmp_path, "fast", tiny(), progress=False, members=2)
     assert metrics["members"] == 2 and len(metrics["table"]) == 3 and metrics["rows_scored"] == 30
     model = load_model(tmp_path)
@@ -65,11 +66,12 @@ def test_ensemble_averages_its_members(digits, tmp_path):
 
 
 def test_restart_trains_only_unfinished_jobs(digits, tmp_path, monkeypatch):
+    """Run again after one job's record was lost, an ensemble trains that job only and scores every row."""
     train_run(digits, tmp_path, "fast", tiny(), progress=False, members=2, folds=2)
     (tmp_path / "jobs" / "member1-fold1" / "job.json").unlink()  # as if interrupted during that one
     calls = []
-    real = jobs_module.train_job
-    monkeypatch.setattr(jobs_module, "train_job", lambda job, *a, **k: calls.append(job.name) or real(job, *a, **k))
+    real = execute_module.train_job
+    monkeypatch.setattr(execute_module, "train_job", lambda job, *a, **k: calls.append(job.name) or real(job, *a, **k))
     metrics = train_run(digits, tmp_path, "fast", tiny(), progress=False, members=2, folds=2)
     assert calls == ["member1-fold1"]
     assert metrics["estimate"] == "out-of-fold" and metrics["rows_scored"] == 300
@@ -77,6 +79,8 @@ def test_restart_trains_only_unfinished_jobs(digits, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("schedule", ["onecycle", "plateau"])
 def test_no_model_sees_the_rows_it_is_scored_on(digits, tmp_path, monkeypatch, schedule):
+    """No member trains on its fold's scored rows; with the plateau schedule, its decisions are not taken on them
+    either."""
     seen = []
     real_fit = train_module.fit
 
@@ -85,7 +89,7 @@ def test_no_model_sees_the_rows_it_is_scored_on(digits, tmp_path, monkeypatch, s
         return real_fit(method, cfg, train, val, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "fit", spy)
-    train_run(digits, tmp_path, "fast", tiny(schedule), progress=False, members=1, folds=3)
+    train_run(digits, tmp_path, "fast", tiny(schedule=schedule), progress=False, members=1, folds=3)
     folds = split_indices(digits.labels, 3, 0.1, tiny().seed)
     assert len(seen) == 3
     for (train_rows, monitor_rows), (_, held_out) in zip(seen, folds, strict=True):
@@ -95,10 +99,13 @@ def test_no_model_sees_the_rows_it_is_scored_on(digits, tmp_path, monkeypatch, s
             assert not monitor_rows & scored
 
 
+@pytest.mark.slow
 def test_cli_ensemble_run_and_predict_with_tta(small_data_dir, tmp_path, capsys):
+    """run --members 2 --folds 2 --tta scores all 200 rows out of fold and writes 4 jobs; predict --tta with the
+    run writes its own submission."""
     out = tmp_path / "ens"
     code = main(["run", "--data-dir", str(small_data_dir), "--out", str(out), "--preset", "fast", "--members", "2",
-                 "--folds", "2", "--epochs", "1", "--filters", "4,8,8", "--dense", "16", "--tta", "--quiet"])
+                 "--folds", "2", *TINY_FLAGS, "--tta", "--quiet"])
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["estimate"] == "out-of-fold" and metrics["rows_scored"] == 200
@@ -113,7 +120,9 @@ def test_cli_ensemble_run_and_predict_with_tta(small_data_dir, tmp_path, capsys)
     pd.testing.assert_frame_equal(pd.read_csv(sub), pd.read_csv(out / "submission.csv"))
 
 
-def test_ensembles_and_tta_are_for_networks(small_data_dir, tmp_path, capsys):
+def test_ensembles_and_tta_are_for_networks(tmp_path, capsys):
+    """Members and test-time augmentation asked of a classic method exit 2 saying why, before anything is
+    written."""
     assert main(["run", "--out", str(tmp_path / "a"), "--model", "knn", "--members", "3"]) == 2
     assert "not one" in capsys.readouterr().err
     assert main(["run", "--out", str(tmp_path / "b"), "--model", "svm", "--tta"]) == 2
@@ -123,6 +132,8 @@ def test_ensembles_and_tta_are_for_networks(small_data_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("device, model, members, smoothing", [("cpu", "fast", 8, 0.1), ("cuda", "cnn", 15, 0.0)])
 def test_ensemble_preset_is_sized_to_the_hardware(device, model, members, smoothing, monkeypatch):
+    """--preset ensemble picks 8 fast networks on a CPU and 15 seed networks on a GPU, 5 folds each; flags win
+    over the preset, and an explicit 0 members or another model is refused."""
     from digit_recognizer.cli import UsageError, apply_preset, build_parser, config_from_args
 
     monkeypatch.setattr(train_module, "resolve_device", lambda name: torch.device(device))

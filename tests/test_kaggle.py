@@ -25,8 +25,8 @@ import pytest
 from digit_recognizer import kaggle
 from digit_recognizer.cli import main
 from digit_recognizer.data import DataError, Digits, read_test, read_train, write_csv
-from digit_recognizer.kaggle import TEST_ROWS, SubmissionError, check_submission, unpack
-from digit_recognizer.predict import write_submission
+from digit_recognizer.kaggle import unpack
+from digit_recognizer.submission import TEST_ROWS, SubmissionError, check_submission, write_submission
 
 SLUG = "digit-recognizer"
 # Looked up, not imported: importing the package authenticates (and writes to the home folder) in many versions.

@@ -17,7 +17,7 @@ from sklearn.preprocessing import FunctionTransformer
 from digit_recognizer.cli import main
 from digit_recognizer.config import method_config
 from digit_recognizer.data import Digits, write_csv
-from digit_recognizer.pipeline import train_run
+from digit_recognizer.runs import train_run
 
 
 @pytest.fixture(scope="module")

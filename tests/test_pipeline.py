@@ -13,7 +13,7 @@ from conftest import FAST_RECIPE, PNG_MAGIC, SEED_RECIPE, TINY_FLAGS, pinned, pi
 
 from digit_recognizer.cli import main
 from digit_recognizer.data import Digits, read_train, write_csv
-from digit_recognizer.pipeline import train_run
+from digit_recognizer.runs import train_run
 
 RUN_FILES = ["model.safetensors", "config.json", "history.csv", "curves.png", "confusion_matrix.png",
              "errors.png", "metrics.json", "submission.csv"]

@@ -238,9 +238,9 @@ def test_tune_refuses_a_damaged_study_before_any_trial(case, small_data_dir, tmp
     assert main(command) == 0
     capsys.readouterr()
     STUDY_DAMAGE[case](out / "study.db")
-    import digit_recognizer.jobs as jobs_module
+    import digit_recognizer.execute as execute_module
 
-    monkeypatch.setattr(jobs_module, "train_job", lambda *a, **k: pytest.fail("a trial was trained"))
+    monkeypatch.setattr(execute_module, "train_job", lambda *a, **k: pytest.fail("a trial was trained"))
     assert main(command) == 2
     one_error_line(capsys, "study.db")
 

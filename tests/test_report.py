@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from digit_recognizer.cli import main
 from digit_recognizer.config import method_config
 from digit_recognizer.data import Digits
-from digit_recognizer.pipeline import per_class, train_run
+from digit_recognizer.runs import per_class, train_run
 from digit_recognizer.serve import create_app
 
 FIGURES = ("curves.png", "confusion_matrix.png", "errors.png")

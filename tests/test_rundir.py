@@ -16,7 +16,7 @@ import digit_recognizer.rundir as rundir_module
 from digit_recognizer.cli import main
 from digit_recognizer.config import method_config
 from digit_recognizer.data import Digits
-from digit_recognizer.pipeline import train_run
+from digit_recognizer.runs import train_run
 
 TINY = ["--preset", "fast", "--epochs", "1", "--filters", "4,8,8", "--dense", "16", "--quiet"]
 

@@ -19,9 +19,9 @@ _WHERE = {
     "DataError": "data", "Digits": "data", "load_embedded": "data", "read_test": "data", "read_train": "data",
     "NetClassifier": "methods", "estimator_proba": "methods", "make_estimator": "methods",
     "build_network": "models",
-    "compare": "pipeline", "run": "pipeline", "train_run": "pipeline",
-    "load_model": "rundir",
-    "write_submission": "predict",
+    "compare": "runs", "run": "runs", "train_run": "runs",
+    "load_model": "loading",
+    "write_submission": "submission",
     "fit": "train",
 }
 

@@ -35,8 +35,8 @@ from .config import (
 from .data import find_csv, load_embedded, read_test, read_train, write_csv
 from .errors import InputError, KaggleError, TrainingDiverged, UsageError
 from .files import STDOUT, check_path, check_writable, read_bounded, same_file
-from .predict import write_submission
 from .rundir import RunDir
+from .submission import write_submission
 
 PROG = "digit-recognizer"
 
@@ -278,7 +278,7 @@ def _executor(args: argparse.Namespace, device: str):
     if args.cpus_per_job <= 0 or not 0 <= args.gpus_per_job <= 64:
         raise UsageError("--cpus-per-job must be above 0 and --gpus-per-job in 0 .. 64")
     if args.cluster is None:
-        from .jobs import InProcess
+        from .execute import InProcess
 
         return InProcess(device)
     from .cluster import RayCluster
@@ -294,7 +294,7 @@ def _training_command(args: argparse.Namespace) -> tuple[TrainConfig, RunDir]:
     apply_preset(args)
     cfg = config_from_args(args)
     if args.tensorboard:
-        from .report import tensorboard_missing
+        from .tensorboard import tensorboard_missing
 
         if tensorboard_missing():
             raise UsageError(tensorboard_missing())
@@ -315,7 +315,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         source = str(args.data_dir)
     _say(args.quiet, f"{PROG}: {len(train):,} training and {len(test):,} test images from {source}")
     api = _kaggle_before_training(args.submit, len(test)) if args.submit is not None else None
-    from .pipeline import run
+    from .runs import run
 
     executor = _executor(args, cfg.device)
     with _closing(executor):
@@ -332,7 +332,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def _kaggle_before_training(message: str, test_rows: int) -> object:
     """What ``run --submit`` can check before an hour of training: a message, Kaggle's test set, credentials."""
-    from .kaggle import TEST_ROWS, connect
+    from .kaggle import connect
+    from .submission import TEST_ROWS
 
     if not message.strip():
         raise UsageError("--submit needs a description of the submission, e.g. --submit 'fast preset, 15 epochs'")
@@ -344,7 +345,7 @@ def _kaggle_before_training(message: str, test_rows: int) -> object:
 
 def cmd_train(args: argparse.Namespace) -> None:
     cfg, _ = _training_command(args)
-    from .pipeline import train_run
+    from .runs import train_run
 
     train = load_embedded()[0] if args.train is None else read_train(args.train)
     executor = _executor(args, cfg.device)
@@ -376,7 +377,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise UsageError("--tta works with --model (PyTorch); an ONNX file predicts each image once")
     if not is_device_name(args.device):
         raise UsageError(f"--device {args.device}: {DEVICE_HELP}")
-    from .rundir import model_files
+    from .loading import model_files
 
     _check_output_file(args.out, lambda: [args.test, args.onnx] if args.onnx is not None else
                        [args.test, *model_files(args.model)])
@@ -389,8 +390,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         except ValueError as err:
             raise UsageError(str(err)) from None
     else:
+        from .loading import load_model
         from .methods import estimator_proba
-        from .rundir import load_model
 
         try:
             model = load_model(args.model, device=args.device, tta=args.tta)
@@ -420,7 +421,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         train = read_train(find_csv(args.data_dir, "train"))
         has_test = any((args.data_dir / f"test.csv{ext}").is_file() for ext in ("", ".gz"))
         test = read_test(find_csv(args.data_dir, "test")) if has_test else None
-    from .pipeline import compare
+    from .runs import compare
 
     executor = _executor(args, "auto")
     with _closing(executor):
@@ -452,7 +453,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
     if args.trials < 1 or args.folds < 1:
         raise UsageError("--trials and --folds must be at least 1")
     from .jobs import check_split
-    from .tune import make_space, tune
+    from .tune import tune
+    from .tune_space import make_space
 
     cfg = config_from_args(args)
     fixed = {f.name for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
@@ -497,8 +499,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from .loading import model_files
     from .predict import export_onnx
-    from .rundir import model_files
 
     _check_output_file(args.onnx, lambda: model_files(args.model))
     try:
@@ -539,20 +541,10 @@ def cmd_kaggle(args: argparse.Namespace) -> None:
 
 def _report(metrics: dict, out: Path, with_submission: bool) -> None:
     """The result line (always printed, --quiet or not), and a warning when training failed to learn."""
-    from .rundir import SUBMISSION_FILE
+    from .runs import result_line
 
-    if "ensemble_accuracy" in metrics:
-        accuracy = metrics["ensemble_accuracy"]
-        line = (f"{PROG}: {metrics['estimate']} accuracy: single model {metrics['single_model_accuracy']:.4f}, "
-                f"ensemble of {metrics['members']} {accuracy:.4f}, "
-                f"with TTA {metrics['ensemble_accuracy_tta']:.4f}; outputs in {out}/")
-    else:
-        accuracy = metrics["val_accuracy"]
-        epochs = (f" after {metrics['epochs']} epoch{'s' * (metrics['epochs'] != 1)}" if "epochs" in metrics
-                  else "")
-        line = (f"{PROG}: {metrics['model']} val_accuracy {accuracy:.4f}{epochs} "
-                f"in {metrics['train_seconds']:.0f}s on {metrics['device']}; outputs in {out}/")
-    print(line + (f" (submission: {out / SUBMISSION_FILE})" if with_submission else ""), file=sys.stderr)
+    line, accuracy = result_line(metrics, out, with_submission)
+    print(f"{PROG}: {line}", file=sys.stderr)
     _warn_if_chance(accuracy, "accuracy")
 
 

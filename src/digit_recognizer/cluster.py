@@ -1,7 +1,7 @@
 """Training jobs as Ray tasks: on every core of this machine, on several GPUs, or on a cluster.
 
 ``RayCluster("auto")`` starts Ray on this machine; ``RayCluster("host:6379")`` (or ``ray://host:10001``) joins
-a running cluster. Either way it runs the very jobs :class:`~digit_recognizer.jobs.InProcess` runs, through the
+a running cluster. Either way it runs the very jobs :class:`~digit_recognizer.execute.InProcess` runs, through the
 same :func:`~digit_recognizer.jobs.train_job`: each task gets the training data once from Ray's object store,
 trains with ``cpus_per_job`` torch threads (on a GPU share when ``gpus_per_job`` > 0) and returns its result;
 only the driver writes, each result as it arrives, so the nodes need no shared filesystem. A task whose worker
@@ -93,7 +93,7 @@ class RayCluster:
             self._stored[id(value)] = (value, self.ray.put(value))
         return self._stored[id(value)][1]
 
-    def describe(self) -> dict:
+    def execution(self) -> dict:
         return {"engine": "ray", "address": self.address, "cpus_per_job": self.cpus_per_job,
                 "gpus_per_job": self.gpus_per_job, "nodes": len(self.ray.nodes())}
 

@@ -1,10 +1,11 @@
-"""The unit of work: a training job, the one function that trains it, and the plans made of jobs.
+"""The unit of work: a training job, its records, the one function that trains it, and the plans made of jobs.
 
 A single run, each member x fold of an ensemble, and each method x fold of a comparison is a :class:`Job`: a
 method and its settings, the rows it trains on and the rows it is scored on, and its name in the run
 directory. :func:`train_job` trains one and returns a :class:`JobResult` (the fitted model, history, held-out
-probabilities, timings) without writing anything; :func:`run_jobs` runs the unfinished jobs of a plan, here or
-on a Ray cluster (:mod:`digit_recognizer.cluster`), and hands each result to the run directory as it arrives.
+probabilities, timings) without writing anything. A finished job is kept as a :class:`JobRecord`: its
+:class:`JobSummary` (``job.json``), held-out probabilities and history. Running a plan's jobs, here or on a
+cluster, is :mod:`digit_recognizer.execute`'s; keeping their records, :mod:`digit_recognizer.rundir`'s.
 """
 
 from __future__ import annotations
@@ -12,22 +13,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import socket
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.base import BaseEstimator
-from tqdm.auto import tqdm
 
 from .config import TrainConfig, check_method
-from .console import format_duration, show_bars
 from .data import N_CLASSES, DataError, Digits, split, split_indices
-from .evaluate import accuracy, predict_proba
-from .methods import NetClassifier, estimator_proba, make_estimator
-from .rundir import JobRecord, RunDir
+from .errors import RunDirError
+
+if TYPE_CHECKING:
+    from sklearn.base import BaseEstimator
 
 
 @dataclass
@@ -49,6 +46,8 @@ class Job:
 
 @dataclass
 class JobResult:
+    """What :func:`train_job` returns: the fitted model (if kept), history, held-out probabilities, timings."""
+
     job: Job
     estimator: BaseEstimator | None  # None when the job does not keep its model
     history: list[dict] | None       # networks: one row per epoch
@@ -63,9 +62,74 @@ class JobResult:
     resources: dict | None = None    # on a cluster, the CPUs and GPUs the task was given
 
 
+@dataclass(frozen=True)
+class JobSummary:
+    """A finished job's ``job.json``: what it was and how it went."""
+
+    name: str
+    method: str
+    accuracy: float          # on its scored rows
+    seconds: float           # training, every epoch counted (also those of an interrupted process)
+    predict_seconds: float   # predicting its scored rows
+    where: str               # host (and, on a cluster, node) it ran on
+    device: str
+    train_rows: int
+    scored_rows: int
+    epochs: int              # networks: epochs trained; 0 for a scikit-learn method
+    resources: dict | None = None  # on a cluster, the CPUs and GPUs the task was given
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str) -> JobSummary:
+        """Check ``values`` (names, types, ranges) as read from a file; raises RunDirError naming ``where``."""
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        missing = sorted(set(fields) - set(values) - {"resources"})
+        if unknown or missing:
+            raise RunDirError(f"{where}: {'unknown key ' + repr(unknown[0]) if unknown else 'no ' + repr(missing[0])}")
+        for name, kind in fields.items():
+            value = values.get(name)
+            ok = {"str": isinstance(value, str),
+                  "int": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                  "float": isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+                  and value >= 0}.get(kind)
+            if kind.startswith("dict"):
+                ok = value is None or (isinstance(value, dict) and all(
+                    isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+                    for k, v in value.items()))
+            if not ok:
+                raise RunDirError(f"{where}: '{name}' must be {_KIND_WORDS[kind]}, got {str(value)[:60]!r}")
+        if values["accuracy"] > 1:
+            raise RunDirError(f"{where}: 'accuracy' must be in 0 .. 1, got {values['accuracy']!r}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_KIND_WORDS = {"str": "a string", "int": "a whole number >= 0", "float": "a finite number >= 0",
+               "dict | None": "null or a table of numbers"}
+
+
+@dataclass
+class JobRecord:
+    """A finished job: its summary, its held-out probabilities and (networks) its history."""
+
+    name: str
+    summary: JobSummary
+    scored_rows: np.ndarray
+    proba: np.ndarray
+    proba_tta: np.ndarray | None
+    test_proba: np.ndarray | None
+    history: list[dict] | None
+
+
 def train_job(job: Job, digits: Digits, test: Digits | None = None, device: str = "cpu", progress: bool = False,
               checkpoint: object | None = None) -> JobResult:
     """Train one job and score it on its held-out rows. Writes nothing; the caller decides where results go."""
+    # Imported here, not at module level: the records above are read by commands that never train (start-up time).
+    from .evaluate import accuracy, predict_proba
+    from .methods import NetClassifier, estimator_proba, make_estimator
+
     train = Digits(digits.images[job.train_rows], digits.labels[job.train_rows])
     scored = Digits(digits.images[job.scored_rows], digits.labels[job.scored_rows])
     label = f"{job.name}: " if job.name else ""
@@ -161,64 +225,3 @@ def fold_jobs(name: str, method: str, cfg: TrainConfig, pairs: list[tuple[np.nda
     a search (``<name>-fold<k>``), keeping no model."""
     return [Job(f"{name}-fold{k}", method, cfg, train_rows, scored_rows, keep_model=False)
             for k, (train_rows, scored_rows) in enumerate(pairs)]
-
-
-# --- running a plan --------------------------------------------------------------------------------------------
-
-class Executor(Protocol):
-    """Runs jobs and yields each result as it finishes (in any order)."""
-
-    def __call__(self, jobs: list[Job], digits: Digits, test: Digits | None, run_dir: RunDir,
-                 progress: bool) -> Iterator[JobResult]: ...
-
-    def describe(self) -> dict:
-        """Where and how the jobs run, for metrics.json."""
-        ...
-
-
-class InProcess:
-    """Runs jobs one after another in this process, each network resuming from its last finished epoch."""
-
-    def __init__(self, device: str = "auto") -> None:
-        from .train import resolve_device
-
-        self.device = str(resolve_device(device))
-
-    def __call__(self, jobs: list[Job], digits: Digits, test: Digits | None, run_dir: RunDir,
-                 progress: bool) -> Iterator[JobResult]:
-        for job in jobs:
-            yield train_job(job, digits, test, self.device, progress, checkpoint=run_dir.checkpoint(job.name))
-
-    def describe(self) -> dict:
-        return {"engine": "in-process", "device": self.device}
-
-
-def run_jobs(jobs: list[Job], digits: Digits, run_dir: RunDir, executor: Executor, test: Digits | None = None,
-             progress: bool = True) -> dict[str, JobRecord]:
-    """Run the jobs of a plan that have not finished yet and write each result as it arrives.
-
-    The records of the jobs finished earlier are read and checked first, before any training, so that a damaged
-    one is named at once. Returns every job's record by name. With several jobs, one bar of jobs done (on a
-    terminal) and one line per finished job report progress.
-    """
-    test_rows = len(test) if test is not None else None
-    records = {job.name: run_dir.read_job(job, test_rows) for job in jobs if run_dir.finished(job.name)}
-    pending = [job for job in jobs if job.name not in records]
-    several = len(jobs) > 1
-    bar = tqdm(total=len(jobs), initial=len(records), desc="jobs", unit="job",
-               disable=not (progress and several and show_bars()), file=sys.stderr)
-    if progress and several and records:
-        tqdm.write(f"{len(records)} of {len(jobs)} jobs already finished in {run_dir.path}", file=sys.stderr)
-    started = time.perf_counter()
-    try:
-        for done, result in enumerate(executor(pending, digits, test, run_dir, progress), start=1):
-            records[result.job.name] = run_dir.write_job(result)
-            bar.update()
-            if progress and several:
-                left = (len(pending) - done) * (time.perf_counter() - started) / done
-                eta = f", {len(pending) - done} to go, ETA {format_duration(left)}" if done < len(pending) else ""
-                tqdm.write(f"{result.job.name}: held-out accuracy {result.accuracy:.4f}, {result.seconds:.0f}s on "
-                           f"{result.where} ({result.device}){eta}", file=sys.stderr)
-    finally:
-        bar.close()
-    return {job.name: records[job.name] for job in jobs}

@@ -1,4 +1,4 @@
-"""The Kaggle round trip: download the competition's files, check a submission, submit it.
+"""The Kaggle round trip: download the competition's files, submit a checked submission.
 
 Built on the official ``kaggle`` package (the ``kaggle`` extra), imported only when a command needs it: many of
 its versions authenticate as they are imported, and print or exit when no credentials are found. Credentials are
@@ -7,8 +7,8 @@ found the way that package finds them (``KAGGLE_API_TOKEN`` or ``~/.kaggle/acces
 on the way (the package missing, no credentials, no network, an error answered by the API) is one
 :class:`KaggleError` saying what to do; the package's own printing is kept off the terminal.
 
-:func:`check_submission` checks a file as the leaderboard would, without the network, so that a bad file is
-refused before it spends one of the day's submissions.
+A submission is checked (:func:`~digit_recognizer.submission.check_submission`) before anything is sent, so that
+a bad file never spends one of the day's submissions.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import contextlib
 import importlib.util
 import io
 import os
-import re
 import shutil
 import stat
 import struct
@@ -30,64 +29,20 @@ from pathlib import Path
 from typing import Any
 
 from .data import read_test, read_train
-from .errors import DataError, KaggleError, SubmissionError
+from .errors import DataError, KaggleError
+from .submission import check_submission
 
 COMPETITION = "digit-recognizer"
-TEST_ROWS = 28_000
-HEADER = "ImageId,Label"
 DATA_FILES = ("train.csv", "test.csv", "sample_submission.csv")  # the only members taken from Kaggle's zip
-MAX_SUBMISSION = 4 << 20     # bytes; a valid submission is about 210 KB
 MAX_MEMBER = 512 << 20       # bytes, unpacked; Kaggle's train.csv is about 75 MB
 
 INSTALL_HINT = ("the Kaggle commands need the kaggle package: pip install 'digit-recognizer[kaggle]' "
                 "(or pip install -e '.[kaggle]' in a checkout)")
 NO_CREDENTIALS = ("no Kaggle credentials found: create an API token at https://www.kaggle.com/settings/api and save "
                   "it to ~/.kaggle/access_token (or export KAGGLE_API_TOKEN=...), then try again")
-_INTEGER = re.compile(r"[0-9]{1,9}")
 
 
 # --- checking a submission -------------------------------------------------------------------------------------
-
-def check_submission(path: str | Path, rows: int = TEST_ROWS) -> None:
-    """Refuse (:class:`SubmissionError`) a file the leaderboard would not score: the header ``ImageId,Label``,
-    then ``rows`` rows, each ImageId 1 .. ``rows`` exactly once, each Label a digit 0-9."""
-    path = Path(path)
-    if not path.is_file():
-        raise SubmissionError(f"{path}: file not found")
-    if path.stat().st_size > MAX_SUBMISSION:
-        raise SubmissionError(f"{path}: {path.stat().st_size:,} bytes is far more than a submission of "
-                              f"{rows:,} rows holds")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise SubmissionError(f"{path}: not UTF-8 text (byte {err.start:,})") from None
-    lines = text.splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
-        raise SubmissionError(f"{path}: empty file; expected the header {HEADER} and {rows:,} rows")
-    if lines[0].strip() != HEADER:
-        raise SubmissionError(f"{path}: line 1: the header must be {HEADER}, got {lines[0][:60]!r}")
-    seen: dict[int, int] = {}
-    for number, line in enumerate(lines[1:], start=2):
-        fields = line.strip().split(",")
-        if len(fields) != 2:
-            raise SubmissionError(f"{path}: line {number}: expected 2 values (ImageId,Label), got {len(fields)}")
-        image_id, label = fields
-        if not _INTEGER.fullmatch(image_id) or not 1 <= int(image_id) <= rows:
-            raise SubmissionError(f"{path}: line {number}, column ImageId: {image_id[:20]!r} is not a whole number "
-                                  f"in 1-{rows}")
-        if int(image_id) in seen:
-            raise SubmissionError(f"{path}: line {number}, column ImageId: {int(image_id)} appears twice "
-                                  f"(first on line {seen[int(image_id)]})")
-        if not _INTEGER.fullmatch(label) or int(label) > 9:
-            raise SubmissionError(f"{path}: line {number}, column Label: {label[:20]!r} is not a digit 0-9")
-        seen[int(image_id)] = number
-    if len(seen) != rows:
-        missing = next(i for i in range(1, rows + 1) if i not in seen)
-        raise SubmissionError(f"{path}: {len(seen):,} rows, but the leaderboard expects {rows:,}, one per test "
-                              f"image (ImageId {missing} is missing)")
-
 
 # --- unpacking the competition's files -------------------------------------------------------------------------
 

@@ -43,15 +43,15 @@ def plot_curves(history: list[dict]) -> Figure:
     return fig
 
 
-def plot_member_curves(histories: dict[str, list[dict]]) -> Figure:
-    """Validation loss (log scale) and accuracy per epoch of each training job of an ensemble, one line each
-    (one colour per member)."""
+def plot_member_curves(histories: dict[str, tuple[int, list[dict]]]) -> Figure:
+    """Validation loss (log scale) and accuracy per epoch of each training job of an ensemble, one line each:
+    ``histories`` maps a job's name to its member's number (its colour) and its history."""
     fig, (ax_loss, ax_acc) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
     colours = plt.get_cmap("tab10")
     later = []
-    for i, (name, history) in enumerate(histories.items()):
+    for name, (member, history) in histories.items():
         epochs = [row["epoch"] for row in history]
-        colour = colours(int(name.split("-")[0].removeprefix("member")) % 10 if name.startswith("member") else i % 10)
+        colour = colours(member % 10)
         ax_loss.plot(epochs, [row["val_loss"] for row in history], color=colour, lw=1, alpha=0.8, label=name)
         ax_acc.plot(epochs, [row["val_accuracy"] for row in history], color=colour, lw=1, alpha=0.8)
         later += [row["val_accuracy"] for row in (history[1:] or history)]

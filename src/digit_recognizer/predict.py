@@ -1,4 +1,4 @@
-"""Predictors for a trained model (PyTorch or ONNX Runtime), ONNX export, and Kaggle's submission file.
+"""Predictors for a trained model (PyTorch or ONNX Runtime), and ONNX export.
 
 Nothing here imports torch at module level: ONNX prediction runs without it.
 """
@@ -20,8 +20,8 @@ class TorchPredictor:
 
     def __init__(self, run_dir: str | Path) -> None:
         # Imported here, not at module level, so that serving an ONNX file never loads torch.
+        from .loading import load_model
         from .methods import estimator_proba
-        from .rundir import load_model
 
         self.model = load_model(run_dir, device="cpu")
         self.proba = estimator_proba
@@ -105,8 +105,8 @@ def export_onnx(run_dir: str | Path, path: str | Path) -> None:
     """
     import torch
 
+    from .loading import load_model
     from .methods import EnsembleModel, NetClassifier
-    from .rundir import load_model
 
     model = load_model(run_dir, device="cpu")
     if isinstance(model, EnsembleModel):
@@ -121,10 +121,3 @@ def export_onnx(run_dir: str | Path, path: str | Path) -> None:
             network, (example,), str(tmp), input_names=["pixels"], output_names=["logits"],
             dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
         )
-
-
-def write_submission(labels: np.ndarray, path: str | Path) -> None:
-    """Kaggle's format: header ``ImageId,Label``, one row per test image, ImageId counted from 1."""
-    rows = np.column_stack([np.arange(1, len(labels) + 1), labels])
-    with output_path(path) as tmp:  # "-", a link, a device or a pipe too
-        np.savetxt(tmp, rows, fmt="%d", delimiter=",", header="ImageId,Label", comments="")

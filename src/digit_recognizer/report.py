@@ -1,83 +1,20 @@
-"""What a run reports beyond its files: ``report.html``, and TensorBoard event files (``--tensorboard``).
+"""``report.html``: a run on one self-contained page.
 
 :func:`render_report` builds one self-contained page from what a run directory holds: the settings
 (``run.json``), the metrics (``metrics.json``, per-class accuracy included), the learning curves, the confusion
 matrix and the most confident errors (its PNG figures, inlined as ``data:`` URIs), and for an ensemble the
 members' table. The page loads nothing from anywhere: no scripts, no fonts, no links off the page.
 
-:func:`write_events` writes TensorBoard event files with torch's ``SummaryWriter`` (the ``tensorboard`` extra),
-imported only when called. Both are written through :class:`~digit_recognizer.rundir.RunDir`, the only writer
-of a run directory; nothing here is called from inside a training loop.
+It is written through :class:`~digit_recognizer.rundir.RunDir`, the only writer of a run directory.
 """
 
 from __future__ import annotations
 
 import base64
-import importlib.util
-import io
 import math
 from html import escape
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .rundir import RunDir
-
-TENSORBOARD_HINT = ("--tensorboard needs the tensorboard package: pip install 'digit-recognizer[tensorboard]' "
-                    "(or pip install -e '.[tensorboard]' in a checkout)")
-# history.csv column -> TensorBoard scalar tag (step: the epoch)
-SCALAR_TAGS = {"loss": "loss/train", "val_loss": "loss/validation", "accuracy": "accuracy/train",
-               "val_accuracy": "accuracy/validation", "lr": "learning_rate", "images_per_second": "images_per_second"}
-
-
-# --- TensorBoard ---------------------------------------------------------------------------------------------
-
-def tensorboard_missing() -> str | None:
-    """Why ``--tensorboard`` cannot work here (the package is not installed), or None."""
-    return None if importlib.util.find_spec("tensorboard") else TENSORBOARD_HINT
-
-
-def write_events(folder: Path, suffix: str, history: list[dict] | None = None, hparams: dict | None = None,
-                 metrics: dict | None = None, images: dict[str, bytes] | None = None) -> None:
-    """Write one TensorBoard event file into ``folder``, replacing the event files written before with the same
-    ``suffix``: per-epoch scalars from ``history`` (:data:`SCALAR_TAGS`), PNG ``images`` by tag, and ``hparams``
-    with ``metrics`` (tag -> final value) for TensorBoard's hyper-parameter view."""
-    from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams as hparams_summary
-
-    for old in Path(folder).glob(f"events.out.tfevents.*{suffix}"):
-        old.unlink()
-    with SummaryWriter(str(folder), filename_suffix=suffix) as writer:
-        for row in history or []:
-            for key, tag in SCALAR_TAGS.items():
-                if key in row and math.isfinite(row[key]):
-                    writer.add_scalar(tag, float(row[key]), int(row["epoch"]))
-        for tag, png in (images or {}).items():
-            writer.add_image(tag, _pixels(png), 0, dataformats="HWC")
-        if hparams:
-            metrics = metrics or {}
-            for summary in hparams_summary({key: _hparam(value) for key, value in hparams.items()}, metrics):
-                writer.file_writer.add_summary(summary)
-            for tag, value in metrics.items():
-                writer.add_scalar(tag, float(value), 0)
-
-
-def _pixels(png: bytes):
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(io.BytesIO(png)) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def _hparam(value: object) -> bool | int | float | str:
-    """TensorBoard takes numbers, booleans and strings as hyper-parameters; lists become '32,64,128'."""
-    if isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, list | tuple):
-        return ",".join(map(str, value))
-    return str(value)
-
+from .rundir import CONFUSION_FILE, CURVES_FILE, ERRORS_FILE, RunDir
 
 # --- report.html ---------------------------------------------------------------------------------------------
 
@@ -108,8 +45,6 @@ footer { margin-top: 2.5rem; font-size: 0.8rem; color: #777; }
 
 def render_report(run_dir: RunDir) -> str:
     """``report.html`` for the run in ``run_dir`` (a single run or an ensemble), from its files."""
-    from .rundir import CONFUSION_FILE, CURVES_FILE, ERRORS_FILE
-
     what, metrics = run_dir.read_manifest(), run_dir.read_metrics()
     ensemble = what["kind"] == "ensemble"
     method = str(what.get("method", "?"))

@@ -19,15 +19,12 @@ against the job it belongs to.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
-import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -37,11 +34,12 @@ from . import __version__
 from .config import TrainConfig, check_method
 from .errors import InputError, RunDirError, first_line
 from .files import atomic_path, check_writable, read_bounded, temporaries_of, write_json
+from .jobs import JobRecord, JobSummary
+from .submission import write_submission
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
-    from sklearn.base import BaseEstimator
 
     from .data import Digits
     from .jobs import Job, JobResult
@@ -93,74 +91,6 @@ _MAX_FIGURE = 16 << 20
 _MAX_HISTORY = 16 << 20  # a row per epoch
 _MAX_HELDOUT = 512 << 20  # probabilities of at most a few hundred thousand rows
 _MAX_CHECKPOINT = 2 << 30  # weights, optimiser state and a weight average of the largest allowed network
-# Event files of TensorBoard, by who writes them: a job's (per-epoch scalars), or the run's (figures, settings
-# with the final metrics). Each writer replaces only its own files, so either can be written again.
-JOB_EVENTS, RUN_EVENTS = ".job", ".run"
-FINAL_METRICS = ("val_accuracy", "val_loss", "single_model_accuracy", "ensemble_accuracy", "ensemble_accuracy_tta",
-                 "ensemble_loss")
-
-
-@dataclass(frozen=True)
-class JobSummary:
-    """A finished job's ``job.json``: what it was and how it went."""
-
-    name: str
-    method: str
-    accuracy: float          # on its scored rows
-    seconds: float           # training, every epoch counted (also those of an interrupted process)
-    predict_seconds: float   # predicting its scored rows
-    where: str               # host (and, on a cluster, node) it ran on
-    device: str
-    train_rows: int
-    scored_rows: int
-    epochs: int              # networks: epochs trained; 0 for a scikit-learn method
-    resources: dict | None = None  # on a cluster, the CPUs and GPUs the task was given
-
-    @classmethod
-    def from_dict(cls, values: dict, where: str) -> JobSummary:
-        """Check ``values`` (names, types, ranges) as read from a file; raises RunDirError naming ``where``."""
-        fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(fields))
-        missing = sorted(set(fields) - set(values) - {"resources"})
-        if unknown or missing:
-            raise RunDirError(f"{where}: {'unknown key ' + repr(unknown[0]) if unknown else 'no ' + repr(missing[0])}")
-        for name, kind in fields.items():
-            value = values.get(name)
-            ok = {"str": isinstance(value, str),
-                  "int": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-                  "float": isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-                  and value >= 0}.get(kind)
-            if kind.startswith("dict"):
-                ok = value is None or (isinstance(value, dict) and all(
-                    isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
-                    for k, v in value.items()))
-            if not ok:
-                raise RunDirError(f"{where}: '{name}' must be {_KIND_WORDS[kind]}, got {str(value)[:60]!r}")
-        if values["accuracy"] > 1:
-            raise RunDirError(f"{where}: 'accuracy' must be in 0 .. 1, got {values['accuracy']!r}")
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-_KIND_WORDS = {"str": "a string", "int": "a whole number >= 0", "float": "a finite number >= 0",
-               "dict | None": "null or a table of numbers"}
-
-
-@dataclass
-class JobRecord:
-    """A finished job: its summary, its held-out probabilities and (networks) its history."""
-
-    name: str
-    summary: JobSummary
-    scored_rows: np.ndarray
-    proba: np.ndarray
-    proba_tta: np.ndarray | None
-    test_proba: np.ndarray | None
-    history: list[dict] | None
-
-
 def digest(digits: Digits) -> str:
     """A short fingerprint of a data set: a run resumes only on the data it started with."""
     h = hashlib.blake2b(digest_size=12)
@@ -179,9 +109,8 @@ def manifest(kind: str, jobs: list[str], **what: object) -> dict:
 
 
 class RunDir:
-    def __init__(self, path: str | Path, tensorboard: bool = False) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.tensorboard = tensorboard  # also log each finished job to TensorBoard (tensorboard/<job>/)
 
     def job_dir(self, name: str) -> Path:
         return self.path / JOBS_DIR / name if name else self.path
@@ -204,9 +133,9 @@ class RunDir:
         is not the project's to clear. Resuming removes the temporary files of the run's interrupted writes.
         """
         self.check_writable()
-        existing = self.read_manifest() if _exists(self.path / MANIFEST_FILE) else None
+        existing = self.read_manifest() if exists(self.path / MANIFEST_FILE) else None
         if existing is None:
-            found = [name for name in RUN_FILES if _exists(self.path / name)]
+            found = [name for name in RUN_FILES if exists(self.path / name)]
             if found:
                 raise RunDirError(f"{self.path}: holds {found[0]} but no {MANIFEST_FILE}, so it is not a run "
                                   "directory of digit-recognizer; choose another --out (--overwrite clears only "
@@ -248,7 +177,7 @@ class RunDir:
             if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
                 folder.rmdir()
 
-    def _record(self, *paths: Path) -> None:
+    def record(self, *paths: Path) -> None:
         """Add ``paths`` to run.json's list of the run's files, before they are written."""
         what = self.read_manifest()
         new = [rel for path in paths if (rel := path.relative_to(self.path).as_posix()) not in what[FILES]]
@@ -258,20 +187,20 @@ class RunDir:
     # --- jobs ----------------------------------------------------------------------------------------------
 
     def finished(self, name: str) -> bool:
-        return _exists(self.job_dir(name) / JOB_FILE)
+        return exists(self.job_dir(name) / JOB_FILE)
 
     def write_job(self, result: JobResult) -> JobRecord:
         """Write a finished job's record, ``job.json`` last, drop its checkpoint; returns the record."""
-        from .methods import save_estimator
+        from .methods import save_estimator  # torch and scikit-learn: only when a job is written (start-up time)
 
         job = result.job
         folder = self.job_dir(job.name)
-        files = [folder / name for name in (CONFIG_FILE, _model_file(job.method), HISTORY_FILE, HELDOUT_FILE,
+        files = [folder / name for name in (CONFIG_FILE, model_file(job.method), HISTORY_FILE, HELDOUT_FILE,
                                             JOB_FILE)]
-        self._record(*files)
+        self.record(*files)
         write_json({"method": job.method, "train": job.config.settings()}, folder / CONFIG_FILE)
         if result.estimator is not None:
-            save_estimator(result.estimator, folder / _model_file(job.method))
+            save_estimator(result.estimator, folder / model_file(job.method))
         if result.history is not None:
             self.write_table(_frame(result.history), HISTORY_FILE, folder)
         arrays = {"scored_rows": job.scored_rows, "proba": result.proba}
@@ -285,8 +214,6 @@ class RunDir:
                              len(job.scored_rows), len(result.history or []), result.resources)
         write_json(summary.to_dict(), folder / JOB_FILE)
         (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
-        if self.tensorboard:
-            self.write_job_events(job, result.history, result.accuracy)
         return JobRecord(job.name, summary, job.scored_rows, result.proba, result.proba_tta, result.test_proba,
                          result.history)
 
@@ -309,7 +236,7 @@ class RunDir:
                          arrays.get("test_proba"), history)
 
     def checkpoint(self, name: str) -> FileCheckpoint:
-        return FileCheckpoint(self.job_dir(name) / CHECKPOINT_FILE, self._record)
+        return FileCheckpoint(self.job_dir(name) / CHECKPOINT_FILE, self.record)
 
     def drop_checkpoint(self, name: str) -> None:
         """Remove a job's checkpoint, and its folder if nothing else is left there (a job kept in a study only)."""
@@ -321,30 +248,30 @@ class RunDir:
     def study_storage(self) -> str:
         """The database URL of a search's Optuna study (SQLite, in the run directory)."""
         study = self.path / STUDY_FILE
-        self._record(study, *(study.with_name(study.name + end) for end in ("-journal", "-wal", "-shm")))
+        self.record(study, *(study.with_name(study.name + end) for end in ("-journal", "-wal", "-shm")))
         return f"sqlite:///{study.resolve()}"
 
     # --- outputs -------------------------------------------------------------------------------------------
 
     def write_metrics(self, metrics: dict) -> None:
-        self._record(self.path / METRICS_FILE)
+        self.record(self.path / METRICS_FILE)
         write_json(metrics, self.path / METRICS_FILE)
 
     def write_figure(self, figure: Figure, name: str) -> None:
         import matplotlib.pyplot as plt
 
-        self._record(self.path / name)
+        self.record(self.path / name)
         with atomic_path(self.path / name) as tmp:
             figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         plt.close(figure)
 
     def write_table(self, table: pd.DataFrame, name: str, folder: Path | None = None) -> None:
-        self._record((folder or self.path) / name)
+        self.record((folder or self.path) / name)
         with atomic_path((folder or self.path) / name) as tmp:
             table.to_csv(tmp, index=False)
 
     def write_text(self, text: str, name: str) -> None:
-        self._record(self.path / name)
+        self.record(self.path / name)
         with atomic_path(self.path / name) as tmp:
             tmp.write_text(text, encoding="utf-8")
 
@@ -361,42 +288,10 @@ class RunDir:
         """A job's TensorBoard run (``tensorboard/<job>/``); the run itself, and a single run's job, is ``run``."""
         return self.path / TENSORBOARD_DIR / (name or "run")
 
-    def has_job_events(self, name: str) -> bool:
-        return any(self.events_dir(name).glob(f"events.out.tfevents.*{JOB_EVENTS}"))
-
-    def write_job_events(self, job: Job, history: list[dict] | None, accuracy: float) -> None:
-        """A finished job's per-epoch scalars; a job of an ensemble also gets its own settings (its seed) and its
-        held-out accuracy as hyper-parameters, so that TensorBoard shows each member as a run of its own."""
-        from .report import write_events
-
-        hparams = {"job": job.name, "method": job.method, **job.config.settings()} if job.name else None
-        metrics = {"final/held_out_accuracy": accuracy} if job.name else None
-        self._write_events(job.name, JOB_EVENTS, write_events, history=history, hparams=hparams, metrics=metrics)
-
-    def write_run_events(self, metrics: dict) -> None:
-        """The run's confusion matrix and error gallery as images, and its settings (``run.json``) with its final
-        metrics as hyper-parameters, in ``tensorboard/run/``."""
-        from .report import write_events
-
-        what = self.read_manifest()
-        hparams = {key: what[key] for key in ("kind", "method", "members", "folds") if key in what}
-        hparams.update(what.get("train", {}))
-        images = {tag: figure for tag, name in (("confusion_matrix", CONFUSION_FILE), ("errors", ERRORS_FILE))
-                  if (figure := self.read_figure(name)) is not None}
-        final = {f"final/{key}": metrics[key] for key in FINAL_METRICS if key in metrics}
-        self._write_events("", RUN_EVENTS, write_events, hparams=hparams, metrics=final, images=images)
-
-    def _write_events(self, name: str, suffix: str, write_events, **what: object) -> None:
-        folder = self.events_dir(name)
-        write_events(folder, suffix, **what)
-        self._record(*folder.glob(f"events.out.tfevents.*{suffix}"))
-
     def write_submission(self, labels: np.ndarray, method: str | None = None) -> Path:
         """``submission.csv``, or a comparison's ``submissions/<method>.csv``."""
-        from .predict import write_submission
-
         path = self.path / (SUBMISSION_FILE if method is None else Path(SUBMISSIONS_DIR) / f"{method}.csv")
-        self._record(path)
+        self.record(path)
         write_submission(labels, path)
         return path
 
@@ -408,7 +303,7 @@ class RunDir:
     def read_figure(self, name: str) -> bytes | None:
         """A figure's PNG bytes, or None where the run has no such figure (a link is never followed)."""
         path = self.path / name
-        if not _exists(path):
+        if not exists(path):
             return None
         try:
             return read_bounded(path, _MAX_FIGURE, "a figure", follow_links=False)
@@ -419,7 +314,7 @@ class RunDir:
         """``report.html``, or None where the run has none (a run made before reports, a job's folder). Only a
         regular file inside the directory is read: a link (to ``/etc/passwd``, say) is refused."""
         path = self.path / REPORT_FILE
-        if not _exists(path):
+        if not exists(path):
             return None
         try:
             return read_bounded(path, _MAX_REPORT, "a report", follow_links=False).decode("utf-8", "replace")
@@ -460,7 +355,7 @@ class RunDir:
         return method, cfg
 
     def _read_json(self, path: Path) -> dict:
-        if not _exists(path):
+        if not exists(path):
             raise RunDirError(f"{path}: not found; is {self.path} a directory made by 'run' or 'train'?")
         try:
             value = json.loads(read_bounded(path, _MAX_JSON).decode("utf-8"))
@@ -486,7 +381,7 @@ class FileCheckpoint:
         return str(self.path)
 
     def load(self) -> dict | None:
-        if not _exists(self.path):
+        if not exists(self.path):
             return None
         import torch
 
@@ -509,58 +404,6 @@ class FileCheckpoint:
             self.record = None
         with atomic_path(self.path) as tmp:
             torch.save(state, tmp)
-
-
-def model_folders(path: str | Path) -> list[Path]:
-    """The folders holding the model(s) of a run directory, or of one job's folder: one for a single model, one
-    per job for an ensemble. Raises RunDirError for a directory that holds no model."""
-    run_dir = RunDir(path)
-    if not run_dir.path.is_dir():
-        raise RunDirError(f"{run_dir.path}: not found, or not a directory")
-    if not _exists(run_dir.path / MANIFEST_FILE):
-        return [run_dir.path]  # a job's folder
-    what = run_dir.read_manifest()
-    if what["kind"] == "compare":
-        raise RunDirError(f"{run_dir.path}: a comparison keeps no models; train one with 'run --model NAME'")
-    if what["kind"] == "tune":
-        raise RunDirError(f"{run_dir.path}: a search keeps no models; train its best settings with the command "
-                          f"in {run_dir.path / BEST_COMMAND}")
-    folders = [run_dir.job_dir(name) for name in what["jobs"]] if what["kind"] == "ensemble" else [run_dir.path]
-    unfinished = [f.name for f in folders if not _exists(f / JOB_FILE)]
-    if unfinished:
-        raise RunDirError(f"{run_dir.path}: unfinished ({len(folders) - len(unfinished)} of {len(folders)} jobs "
-                          "done); run the same command again to finish it")
-    return folders
-
-
-def model_files(path: str | Path) -> list[Path]:
-    """Every file :func:`load_model` reads from ``path``: a command must not write its output over one of them."""
-    folders = model_folders(path)
-    files = [Path(path) / MANIFEST_FILE] if _exists(Path(path) / MANIFEST_FILE) else []
-    for folder in folders:
-        files += [folder / CONFIG_FILE, folder / WEIGHTS_FILE, folder / SKOPS_FILE]
-    return files
-
-
-def load_model(path: str | Path, device: str = "cpu", tta: bool = False) -> BaseEstimator:
-    """The model of a run directory, or of one job's folder: a single model, or the ensemble of a run's jobs.
-
-    Everything is checked before use; a fault raises :class:`RunDirError` naming the file.
-    """
-    from .methods import EnsembleModel, load_estimator
-
-    run_dir = RunDir(path)
-    models = []
-    for folder in model_folders(path):
-        method, cfg = run_dir.read_model_config(folder)
-        model_file = folder / _model_file(method)
-        if not model_file.is_file():
-            raise RunDirError(f"{model_file}: not found; is {run_dir.path} a directory made by 'run' or 'train'?")
-        try:
-            models.append(load_estimator(method, cfg, model_file, device=device, tta=tta))
-        except ValueError as err:
-            raise RunDirError(str(err)) from None
-    return models[0] if len(models) == 1 else EnsembleModel(models)
 
 
 def _read_heldout(path: Path, job: Job, network: bool, test_rows: int | None) -> dict[str, np.ndarray]:
@@ -613,7 +456,7 @@ def _read_history(path: Path, epochs: int) -> list[dict]:
              for column, value in zip(HISTORY_COLUMNS, row, strict=True)} for row in values]
 
 
-def _exists(path: Path) -> bool:
+def exists(path: Path) -> bool:
     """Whether anything is there, a dangling link included."""
     return path.is_symlink() or path.exists()
 
@@ -626,7 +469,8 @@ def _inside_name(entry: object) -> bool:
     return not PurePosixPath(entry).is_absolute() and all(p not in ("", ".", "..") for p in parts) and len(parts) <= 4
 
 
-def _model_file(method: str) -> str:
+def model_file(method: str) -> str:
+    """The name of a method's model file in its job folder."""
     return WEIGHTS_FILE if check_method(method).network else SKOPS_FILE
 
 

@@ -11,218 +11,44 @@ under way when a search was interrupted is marked failed and tried again first, 
 (and, in this process, resuming its unfinished fold from its last epoch). The outputs (``trials.csv``,
 ``best.toml``, the figures, ``best_command.txt``) are written from the whole study at the end of each search.
 
-The search space is one TOML table per setting (:func:`read_space`)::
-
-    [lr]
-    low = 1e-3
-    high = 0.3
-    log = true        # sample on a log scale
-
-    [epochs]          # a whole-number setting samples whole numbers
-    low = 4
-    high = 12
-
-    [batch_size]
-    choices = [64, 128, 256]
-
-    [filters]         # a list setting takes choices of lists
-    choices = [[16, 32, 64], [32, 64, 128]]
-
-    [label_smoothing] # an empty table: the model's default range for that setting
+The search space is :mod:`digit_recognizer.tune_space`'s; the outputs, :mod:`digit_recognizer.tune_outputs`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import queue
-import shlex
 import sys
 import threading
 import time
-import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-
 import numpy as np
 import optuna
-import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from .config import SHAPE_SETTINGS, TrainConfig, _typed, check_method
+from .config import TrainConfig, check_method
 from .console import format_duration, show_bars
 from .data import Digits, split_indices
 from .errors import TrainingDiverged, first_line
-from .files import read_bounded
-from .jobs import Executor, InProcess, Job, JobResult, check_split, fold_jobs
+from .execute import Executor, InProcess
+from .jobs import Job, JobResult, check_split, fold_jobs
 from .rundir import (
-    BEST_COMMAND,
-    BEST_CONFIG,
-    SEARCH_HISTORY_FIGURE,
-    SEARCH_IMPORTANCES_FIGURE,
     STUDY_FILE,
-    TRIALS_TABLE,
     RunDir,
     RunDirError,
     digest,
     manifest,
 )
+from .tune_outputs import write_outputs
+from .tune_space import Param, label
 
 STUDY_NAME = "tune"
-MAX_SPACE_FILE = 1 << 20  # bytes; a space file is a few hundred
 SQLITE_MAGIC = b"SQLite format 3\x00"
-OBJECTIVE = "mean held-out accuracy"
-FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-NOT_SEARCHED = {"device": "it is the hardware, not a training setting",
-                "seed": "it decides the folds every trial shares; set it with --seed"}
 
-
-# --- the search space ------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Param:
-    """One searched setting: a range from ``low`` to ``high`` (on a log scale if ``log``), or ``choices``."""
-
-    name: str
-    low: int | float | None = None
-    high: int | float | None = None
-    log: bool = False
-    choices: tuple | None = None
-
-    def suggest(self, trial: optuna.Trial) -> object:
-        if self.choices is None:
-            suggest = trial.suggest_int if FIELD_TYPES[self.name] == "int" else trial.suggest_float
-            return suggest(self.name, self.low, self.high, log=self.log)
-        if isinstance(self.choices[0], tuple):  # Optuna's choices are plain values: a list goes by its label
-            labels = {_label(choice): choice for choice in self.choices}
-            return labels[trial.suggest_categorical(self.name, list(labels))]
-        return trial.suggest_categorical(self.name, list(self.choices))
-
-    def extremes(self) -> list:
-        """The values to check before a search: the bounds, or every choice."""
-        return [self.low, self.high] if self.choices is None else list(self.choices)
-
-    def to_dict(self) -> dict:
-        if self.choices is not None:
-            return {"choices": [list(c) if isinstance(c, tuple) else c for c in self.choices]}
-        return {"low": self.low, "high": self.high, "log": self.log}
-
-    def describe(self) -> str:
-        if self.choices is not None:
-            return f"{self.name} in {{{', '.join(_label(c) for c in self.choices)}}}"
-        return f"{self.name} {self.low:g}..{self.high:g}" + (" (log)" if self.log else "")
-
-
-def default_space(method: str, base: TrainConfig) -> dict[str, Param]:
-    """A network's default space: learning rate, weight decay, label smoothing, epochs and batch size around
-    ``base`` (the recipe), its widths and dropout, and the augmentation magnitudes when augmentation is on."""
-    epochs = base.epochs
-    space = [
-        Param("lr", base.lr / 10, base.lr * 3, log=True),
-        Param("weight_decay", 1e-6, 1e-3, log=True),
-        Param("label_smoothing", 0.0, 0.2),
-        Param("epochs", max(1, epochs // 2), max(2, epochs + epochs // 2)),
-        Param("batch_size", choices=tuple(sorted({64, 128, 256, base.batch_size}))),
-        *(Param(name, choices=choices) for name, choices in check_method(method).search.items()),
-    ]
-    if base.augment:
-        space += [Param("rotation", 0.0, 15.0), Param("zoom", 0.0, 0.2), Param("shift", 0.0, 0.2)]
-    return {param.name: param for param in space}
-
-
-def read_space(path: str | Path, method: str, base: TrainConfig) -> dict[str, Param]:
-    """The space of a TOML file (one table per setting); raises ValueError naming the file, the setting and
-    the fault. An empty table takes the setting's range from :func:`default_space`."""
-    text = read_bounded(path, MAX_SPACE_FILE, "a search space")
-    try:
-        values = tomllib.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as err:  # RecursionError: deep nesting
-        raise ValueError(f"{path}: cannot read the search space ({str(err)[:200] or type(err).__name__})") from None
-    return parse_space(values, method, base, str(path))
-
-
-def parse_space(values: dict, method: str, base: TrainConfig, where: str = "search space") -> dict[str, Param]:
-    defaults = default_space(method, base)
-    space = {}
-    for name, table in values.items():
-        key = f"{where}: {name}"
-        if name not in FIELD_TYPES:
-            raise ValueError(f"{where}: unknown setting '{name}'; known: {', '.join(FIELD_TYPES)}")
-        if name in NOT_SEARCHED:
-            raise ValueError(f"{key}: cannot be searched ({NOT_SEARCHED[name]})")
-        if not isinstance(table, dict):
-            raise ValueError(f"{key}: expected a table with low and high, or choices; got {table!r}")
-        unknown = sorted(set(table) - {"low", "high", "log", "choices"})
-        if unknown:
-            raise ValueError(f"{key}: unknown key '{unknown[0]}'; expected low, high, log or choices")
-        if not table:
-            if name not in defaults:
-                raise ValueError(f"{key}: an empty table takes the default range, and the {method} network's "
-                                 "default space has none for it; give low and high, or choices")
-            space[name] = defaults[name]
-        else:
-            space[name] = _param(name, table, key)
-    return space
-
-
-def _param(name: str, table: dict, key: str) -> Param:
-    kind = FIELD_TYPES[name]
-    if "choices" in table:
-        if len(table) > 1:
-            raise ValueError(f"{key}: give low and high, or choices, not both")
-        choices = table["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise ValueError(f"{key}: choices must be a non-empty list, got {choices!r}")
-        return Param(name, choices=tuple(_typed(choice, kind, f"{key}: each choice") for choice in choices))
-    if kind not in ("int", "float"):
-        raise ValueError(f"{key}: takes choices (a list of {'lists' if kind.startswith('tuple') else 'values'}), "
-                         "not low and high")
-    if "low" not in table or "high" not in table:
-        raise ValueError(f"{key}: give both low and high (or choices)")
-    low, high = (_typed(table[bound], kind, f"{key}: {bound}") for bound in ("low", "high"))
-    log = table.get("log", False)
-    if not isinstance(log, bool):
-        raise ValueError(f"{key}: log must be true or false, got {log!r}")
-    if kind == "float" and not (math.isfinite(low) and math.isfinite(high)):  # an int is finite, however long
-        raise ValueError(f"{key}: low and high must be finite numbers")
-    if not low < high:
-        raise ValueError(f"{key}: low ({low:g}) must be below high ({high:g})")
-    if log and low <= 0:
-        raise ValueError(f"{key}: log = true needs low above 0, got {low:g}")
-    return Param(name, low, high, log)
-
-
-def check_space(space: dict[str, Param], method: str, base: TrainConfig, where: str = "search space") -> None:
-    """Refuse, before any training, a setting the network does not use, and a range or choice that could not
-    train: each extreme is checked with :meth:`TrainConfig.validate` on top of ``base``."""
-    for name, param in space.items():
-        key = f"{where}: {name}"
-        if name in SHAPE_SETTINGS and name not in check_method(method).shape:
-            raise ValueError(f"{key}: the {method} network does not use this setting")
-        for value in param.extremes():
-            try:
-                dataclasses.replace(base, **{name: value}).validate()
-            except ValueError as err:
-                raise ValueError(f"{key}: {_label(value)} cannot work: {err}") from None
-
-
-def make_space(method: str, base: TrainConfig, path: str | Path | None = None,
-               fixed: set[str] | frozenset[str] = frozenset()) -> dict[str, Param]:
-    """The space to search: the file's (or the network's default), less the ``fixed`` settings (given as flags
-    or in a config file: not searched), checked. Raises ValueError naming the setting and the fault."""
-    space = read_space(path, method, base) if path is not None else default_space(method, base)
-    check_space(space, method, base, str(path) if path is not None else "default search space")
-    space = {name: param for name, param in space.items() if name not in fixed}
-    if not space:
-        raise ValueError("nothing to search: every setting of the space is fixed by a flag or --config")
-    return space
 
 
 # --- pruning ---------------------------------------------------------------------------------------------------
@@ -282,7 +108,7 @@ def tune(
         study.pruner = CannotBeatBest(folds)
         search = _Search(study, digits, run_dir, executor, method, base, space, pairs, progress)
         search.run(trials, timeout)
-        return _write_outputs(study, run_dir, method, space, folds, data_dir)
+        return write_outputs(study, run_dir, method, space, folds, data_dir)
 
 
 def open_study(run_dir: RunDir, space: dict[str, Param], folds: int) -> optuna.Study:
@@ -364,7 +190,7 @@ class _Search:
             note += f", {retried} interrupted, tried again first" if retried else ""
             note += f"; {self.width} trials at a time" if self.width > 1 else ""
             tqdm.write(f"tuning {method}: {len(digits):,} digits, {self.n_folds} folds per trial, searching "
-                       f"{', '.join(param.describe() for param in space.values())}{note}", file=sys.stderr)
+                       f"{', '.join(param.summary() for param in space.values())}{note}", file=sys.stderr)
 
     def _retry_interrupted(self) -> int:
         """Mark the trials a stopped search left running as failed, and queue their settings to be tried again,
@@ -387,7 +213,7 @@ class _Search:
             if param.choices is not None:
                 if value not in param.choices:
                     return None
-                params[name] = _label(value) if isinstance(value, tuple) else value
+                params[name] = label(value) if isinstance(value, tuple) else value
             elif not param.low <= value <= param.high:
                 return None
             else:
@@ -554,99 +380,3 @@ def _trials_at_once(executor: Executor, folds: int) -> int:
     return 1 if slots is None else max(1, math.ceil(slots() / folds))
 
 
-# --- outputs ---------------------------------------------------------------------------------------------------
-
-def _write_outputs(study: optuna.Study, run_dir: RunDir, method: str, space: dict[str, Param], folds: int,
-                   data_dir: str | Path | None) -> dict:
-    """``trials.csv``, the figures, ``best.toml`` and ``best_command.txt``, from every trial of the study."""
-    trials = study.get_trials(deepcopy=False)
-    run_dir.write_table(trials_table(trials, space), TRIALS_TABLE)
-    finished = [t for t in trials if t.state == TrialState.COMPLETE]
-    _write_figures(study, run_dir, len(finished))
-    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
-    if not finished:
-        for stale in (BEST_CONFIG, BEST_COMMAND):  # they would describe no trial of this study
-            run_dir.remove(stale)
-        raise TrainingDiverged(f"no trial of the search finished ({counts['fail']} failed: see "
-                               f"{run_dir.path / TRIALS_TABLE}); narrow the space (a lower learning rate?)")
-    best = study.best_trial
-    command = ["digit-recognizer", "run", "--model", method, "--config", str(run_dir.path / BEST_CONFIG)]
-    if data_dir is not None:
-        command += ["--data-dir", str(data_dir)]
-    command = shlex.join(command)
-    run_dir.write_text(best_toml(best.user_attrs["config"], [
-        f"The best of {len(finished)} finished trials in {STUDY_FILE} (trial {best.number}): {OBJECTIVE} "
-        f"{best.value:.4f} over {folds} folds, model {method}.", f"Train it: {command}"]), BEST_CONFIG)
-    run_dir.write_text(command + "\n", BEST_COMMAND)
-    recipe = next((t for t in trials if t.user_attrs.get("recipe") and t.state == TrialState.COMPLETE), None)
-    return {"trials": len(trials), **counts, "best_trial": best.number, "best_accuracy": best.value,
-            "recipe_accuracy": recipe.value if recipe else None, "folds": folds,
-            "best_config": str(run_dir.path / BEST_CONFIG), "command": command}
-
-
-def trials_table(trials: list[FrozenTrial], space: dict[str, Param]) -> pd.DataFrame:
-    """One row per trial: its number, whether it is the recipe itself (the first trial of a new study, when the
-    space holds the recipe's values), state, accuracy (the mean over the folds it finished), wall seconds, folds
-    finished, the searched settings, and why it failed."""
-    rows = []
-    for trial in trials:
-        scores = [fold["accuracy"] for fold in trial.user_attrs.get("folds", {}).values()]
-        ended = trial.datetime_complete is not None and trial.datetime_start is not None
-        rows.append({
-            "number": trial.number,
-            "recipe": bool(trial.user_attrs.get("recipe")),
-            "state": trial.state.name.lower(),
-            "accuracy": trial.value if trial.value is not None else (float(np.mean(scores)) if scores else None),
-            "seconds": round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1) if ended else None,
-            "folds_done": len(scores),
-            **{name: trial.params.get(name) for name in space},
-            "error": trial.user_attrs.get("error", "interrupted" if trial.state == TrialState.FAIL else ""),
-        })
-    return pd.DataFrame(rows, columns=["number", "recipe", "state", "accuracy", "seconds", "folds_done", *space,
-                                       "error"])
-
-
-def _write_figures(study: optuna.Study, run_dir: RunDir, finished: int) -> None:
-    """Optuna's history of the objective and parameter importances (matplotlib)."""
-    import matplotlib.pyplot as plt
-    from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # experimental API; "too few trials" notes
-        ax = plot_optimization_history(study, target_name=OBJECTIVE)
-        ax.set_title(f"Search history: {OBJECTIVE} per trial")  # replaces Optuna's title
-        run_dir.write_figure(ax.figure, SEARCH_HISTORY_FIGURE)
-        if finished >= 2:
-            ax = plot_param_importances(study, target_name=OBJECTIVE)
-            ax.set_title(f"Parameter importances for the {OBJECTIVE} ({finished} finished trials)", loc="left")
-            figure = ax.figure
-        else:
-            figure, ax = plt.subplots(figsize=(6.4, 2))
-            ax.axis("off")
-            ax.text(0.5, 0.5, f"Parameter importances need 2 finished trials ({finished} so far)",
-                    ha="center", va="center")
-        run_dir.write_figure(figure, SEARCH_IMPORTANCES_FIGURE)
-
-
-def best_toml(settings: dict, comments: list[str]) -> str:
-    """Settings as a TOML file that ``run --config`` reads as is, under comment lines."""
-    lines = [f"# {comment}" for comment in comments]
-    lines += [f"{key} = {_toml_value(value)}" for key, value in settings.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)  # the shortest exact form, valid TOML (1e-05, 0.1, 12)
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def _label(value: object) -> str:
-    """A setting's value as shown in tables and messages; a list as "16,32,64"."""
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)

@@ -1,8 +1,9 @@
-"""The end-to-end jobs: a single run, an ensemble, a comparison, each into one run directory.
+"""The end-to-end runs: a single run, an ensemble, a comparison, each into one run directory.
 
 Each plans its training jobs (:mod:`digit_recognizer.jobs`), starts or resumes the run directory
-(:mod:`digit_recognizer.rundir`), runs the unfinished jobs here or on a cluster, and then reports from the
-jobs' records: metrics, figures, and a submission when a test set is given.
+(:mod:`digit_recognizer.rundir`), runs the unfinished jobs here or on a cluster (:mod:`digit_recognizer.execute`),
+and then reports from the jobs' records: metrics, figures, ``report.html``, and a submission when a test set is
+given.
 
 - A single run trains on a stratified split and reports its validation accuracy (the split steers the
   learning-rate schedule, as in the seed kernel).
@@ -13,31 +14,34 @@ jobs' records: metrics, figures, and a submission when a test set is given.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from .config import TrainConfig, check_method, method_config
 from .data import Digits
 from .evaluate import accuracy, confident_errors, log_loss
-from .jobs import Executor, InProcess, compare_jobs, ensemble_jobs, run_jobs, single_job
+from .execute import Executor, InProcess, run_jobs
+from .jobs import Job, JobRecord, compare_jobs, ensemble_jobs, single_job
+from .loading import load_model
 from .plots import plot_comparison, plot_confusion, plot_curves, plot_errors, plot_member_curves
-from .report import render_report, tensorboard_missing
+from .report import render_report
 from .rundir import (
     COMPARISON_FIGURE,
     COMPARISON_TABLE,
     CONFUSION_FILE,
     CURVES_FILE,
     ERRORS_FILE,
-    JobRecord,
+    SUBMISSION_FILE,
     RunDir,
     digest,
-    load_model,
     manifest,
 )
 
 
 def train_run(
-    digits: Digits, out: str, method: str = "cnn", cfg: TrainConfig | None = None, progress: bool = True,
+    digits: Digits, out: str | Path, method: str = "cnn", cfg: TrainConfig | None = None, progress: bool = True,
     members: int = 1, folds: int = 1, overwrite: bool = False, executor: Executor | None = None,
     tensorboard: bool = False,
 ) -> dict:
@@ -49,10 +53,34 @@ def train_run(
     the run, to TensorBoard under ``out/tensorboard/`` (it changes no result: a run resumes with or without it).
     ``report.html`` is written last.
     """
+    return _train(RunDir(out), digits, method, cfg, progress, members, folds, overwrite, executor, tensorboard)
+
+
+def run(
+    train: Digits, test: Digits, out: str | Path, method: str = "cnn", cfg: TrainConfig | None = None,
+    progress: bool = True, members: int = 1, folds: int = 1, tta: bool = False, overwrite: bool = False,
+    executor: Executor | None = None, tensorboard: bool = False,
+) -> dict:
+    """:func:`train_run`, then predict ``test`` with the run's model(s) and write ``out/submission.csv``."""
+    run_dir = RunDir(out)
+    cfg = cfg or method_config(method)
+    metrics = _train(run_dir, train, method, cfg, progress, members, folds, overwrite, executor, tensorboard)
+    # The model is read back from its files: the jobs of a resumed run were trained by another process.
+    model = load_model(run_dir.path, device=cfg.device, tta=tta)
+    from .methods import estimator_proba
+
+    run_dir.write_submission(estimator_proba(model, test.images).argmax(1))
+    return metrics
+
+
+def _train(run_dir: RunDir, digits: Digits, method: str, cfg: TrainConfig | None, progress: bool, members: int,
+           folds: int, overwrite: bool, executor: Executor | None, tensorboard: bool) -> dict:
+    from . import tensorboard as events
+
     cfg = cfg or method_config(method)
     cfg.validate()
-    if tensorboard and tensorboard_missing():
-        raise ImportError(tensorboard_missing())
+    if tensorboard and events.tensorboard_missing():
+        raise ImportError(events.tensorboard_missing())
     ensemble = members != 1 or folds != 1
     if ensemble and not check_method(method).network:
         raise ValueError(f"ensembles are made of networks; '{method}' is not one")
@@ -61,41 +89,46 @@ def train_run(
     else:
         jobs = [single_job(method, cfg, digits.labels)]
     executor = executor or InProcess(cfg.device)
-    run_dir = RunDir(out, tensorboard=tensorboard)
     run_dir.start(manifest("ensemble" if ensemble else "single", [job.name for job in jobs if job.name],
                            method=method, train=cfg, members=members, folds=folds, data=digest(digits)), overwrite)
-    records = run_jobs(jobs, digits, run_dir, executor, progress=progress)
+
+    def log_events(job: Job, record: JobRecord) -> None:
+        events.write_job_events(run_dir, job, record.history, record.summary.accuracy)
+
+    records = run_jobs(jobs, digits, run_dir, executor, progress=progress,
+                       on_record=log_events if tensorboard else None)
     if tensorboard:  # jobs that finished before, in a run started without --tensorboard
         for job in jobs:
-            if not run_dir.has_job_events(job.name):
-                run_dir.write_job_events(job, records[job.name].history, records[job.name].summary.accuracy)
+            if not events.has_job_events(run_dir, job.name):
+                log_events(job, records[job.name])
     if ensemble:
         metrics = _report_ensemble(run_dir, digits, list(records.values()), members, folds)
     else:
         metrics = _report_single(run_dir, digits, records[""], method)
-    metrics["execution"] = {**executor.describe(), "jobs": [
+    metrics["execution"] = {**executor.execution(), "jobs": [
         {"name": r.summary.name, "where": r.summary.where, "device": r.summary.device, "seconds": r.summary.seconds}
         for r in records.values()]}
     run_dir.write_metrics(metrics)
     if tensorboard:
-        run_dir.write_run_events(metrics)
+        events.write_run_events(run_dir, metrics)
     run_dir.write_report(render_report(run_dir))
     return metrics
 
 
-def run(
-    train: Digits, test: Digits, out: str, method: str = "cnn", cfg: TrainConfig | None = None,
-    progress: bool = True, members: int = 1, folds: int = 1, tta: bool = False, overwrite: bool = False,
-    executor: Executor | None = None, tensorboard: bool = False,
-) -> dict:
-    """:func:`train_run`, then predict ``test`` with the run's model(s) and write ``out/submission.csv``."""
-    metrics = train_run(train, out, method, cfg, progress, members, folds, overwrite, executor, tensorboard)
-    device = (cfg or method_config(method)).device
-    model = load_model(out, device=device, tta=tta)
-    from .methods import estimator_proba
-
-    RunDir(out).write_submission(estimator_proba(model, test.images).argmax(1))
-    return metrics
+def result_line(metrics: dict, out: Path, with_submission: bool) -> tuple[str, float]:
+    """The line a command ends with, and the accuracy it reports (a result at chance level is warned of)."""
+    if "ensemble_accuracy" in metrics:
+        accuracy = metrics["ensemble_accuracy"]
+        line = (f"{metrics['estimate']} accuracy: single model {metrics['single_model_accuracy']:.4f}, "
+                f"ensemble of {metrics['members']} {accuracy:.4f}, "
+                f"with TTA {metrics['ensemble_accuracy_tta']:.4f}; outputs in {out}/")
+    else:
+        accuracy = metrics["val_accuracy"]
+        epochs = (f" after {metrics['epochs']} epoch{'s' * (metrics['epochs'] != 1)}" if "epochs" in metrics
+                  else "")
+        line = (f"{metrics['model']} val_accuracy {accuracy:.4f}{epochs} "
+                f"in {metrics['train_seconds']:.0f}s on {metrics['device']}; outputs in {out}/")
+    return line + (f" (submission: {Path(out) / SUBMISSION_FILE})" if with_submission else ""), accuracy
 
 
 def _report_single(run_dir: RunDir, digits: Digits, record: JobRecord, method: str) -> dict:
@@ -153,7 +186,7 @@ def _report_ensemble(run_dir: RunDir, digits: Digits, records: list[JobRecord], 
                                         f"accuracy {accuracy(mean_tta, y):.4f}"), CONFUSION_FILE)
     run_dir.write_figure(plot_errors(digits.images[held_out], y, mean_tta, confident_errors(mean_tta, y, k=18),
                                      title=f"Digits the {title} still gets wrong"), ERRORS_FILE)
-    histories = {record.name: record.history for record in records if record.history}
+    histories = {record.name: (i // folds, record.history) for i, record in enumerate(records) if record.history}
     if histories:
         run_dir.write_figure(plot_member_curves(histories), CURVES_FILE)
     return {
@@ -205,7 +238,7 @@ def compare(
             "n_train": mine[0].summary.train_rows,
             "n_val": mine[0].summary.scored_rows,
             "folds": len(mine),
-            "settings": describe(method, next(job.config for job in jobs if job.method == method)),
+            "settings": method_settings(method, next(job.config for job in jobs if job.method == method)),
         })
         if test is not None:
             run_dir.write_submission(np.mean([r.test_proba for r in mine], axis=0).argmax(1), method)
@@ -215,7 +248,7 @@ def compare(
     return table
 
 
-def describe(method: str, cfg: TrainConfig) -> str:
+def method_settings(method: str, cfg: TrainConfig) -> str:
     """The settings that define a method, short enough for a table cell."""
     if check_method(method).network:
         return (f"{method} network, {cfg.epochs} epochs, {cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch_size}, "
