@@ -369,11 +369,16 @@ def test_an_interrupted_trial_is_tried_again_keeping_its_finished_folds(small_da
         tune(train, tmp_path / "out", "fast", base, space, trials=1, folds=2, executor=StopsAfterOneFold("cpu"),
              progress=False)
     executor = Recording("cpu")
-    tune(train, tmp_path / "out", "fast", base, space, trials=1, folds=2, executor=executor, progress=False)
+    summary = tune(train, tmp_path / "out", "fast", base, space, trials=1, folds=2, executor=executor,
+                   progress=False)
     assert executor.ran == ["trial0-fold1"]  # fold 0 finished before the interruption
     table = pd.read_csv(tmp_path / "out" / TRIALS_TABLE)
     assert list(table.state) == ["fail", "complete"] and table.error[0] == "interrupted"
     assert table.lr[0] == pytest.approx(table.lr[1], rel=1e-12) and table.folds_done.tolist() == [1, 2]
+    # The interrupted trial was the recipe itself: its retry keeps the mark, so the search can still say whether
+    # anything beat the recipe.
+    assert table.recipe.tolist() == [True, True]
+    assert summary["recipe_accuracy"] == pytest.approx(table.accuracy[1])
 
 
 @pytest.mark.slow
