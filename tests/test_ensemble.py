@@ -15,7 +15,7 @@ import digit_recognizer.train as train_module
 from digit_recognizer.cli import main
 from digit_recognizer.config import TrainConfig
 from digit_recognizer.data import Digits, split_indices
-from digit_recognizer.evaluate import predict_proba, shifted
+from digit_recognizer.evaluate import network_proba, shifted
 from digit_recognizer.loading import load_model
 from digit_recognizer.methods import EnsembleModel
 from digit_recognizer.models import build_network
@@ -43,8 +43,8 @@ def test_tta_probabilities_are_well_formed(digits):
     """Test-time augmentation gives probabilities of the same shape, summing to 1, and different from one pass."""
     torch.manual_seed(0)
     network = build_network("fast", TrainConfig(filters=(4, 8, 8), dense=16))
-    plain = predict_proba(network, digits.images[:50])
-    tta = predict_proba(network, digits.images[:50], tta=True)
+    plain = network_proba(network, digits.images[:50])
+    tta = network_proba(network, digits.images[:50], tta=True)
     assert tta.shape == plain.shape == (50, 10)
     np.testing.assert_allclose(tta.sum(1), 1.0, rtol=1e-5)
     assert not np.allclose(tta, plain)

@@ -81,13 +81,13 @@ def test_weights_for_another_network_are_refused(tmp_path):
 
 def test_predictions_do_not_depend_on_the_batch_size():
     """Probabilities are the same predicted in one batch or in batches of 7."""
-    from digit_recognizer.evaluate import predict_proba
+    from digit_recognizer.evaluate import network_proba
 
     torch.manual_seed(0)
     network = build_network("fast")
     network(torch.rand(8, 1, 28, 28))  # one training-mode pass gives BatchNorm non-trivial statistics
     images = torch.randint(0, 256, (300, 784), dtype=torch.uint8).numpy()
-    np.testing.assert_allclose(predict_proba(network, images), predict_proba(network, images, batch_size=7),
+    np.testing.assert_allclose(network_proba(network, images), network_proba(network, images, batch_size=7),
                                atol=1e-5)
 
 

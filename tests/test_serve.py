@@ -25,9 +25,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from digit_recognizer.cli import main
 from digit_recognizer.data import Digits, write_csv
+from digit_recognizer.export import export_onnx
 from digit_recognizer.loading import load_model
 from digit_recognizer.methods import estimator_proba
-from digit_recognizer.predict import OnnxPredictor, TorchPredictor, export_onnx
+from digit_recognizer.predict import OnnxPredictor, TorchPredictor
 from digit_recognizer.preprocess import ImageError, decode, mnist_like
 from digit_recognizer.serve import MAX_BATCH, MAX_DECODES, allowed_hosts, create_app, listen, serve
 

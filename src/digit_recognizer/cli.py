@@ -32,7 +32,7 @@ from .config import (
     is_device_name,
     method_config,
 )
-from .data import find_csv, load_embedded, read_test, read_train, write_csv
+from .data import load_data, load_embedded, read_test, read_train, write_csv
 from .errors import InputError, KaggleError, TrainingDiverged, UsageError
 from .files import STDOUT, check_path, check_writable, read_bounded, same_file
 from .rundir import RunDir
@@ -305,14 +305,7 @@ def _training_command(args: argparse.Namespace) -> tuple[TrainConfig, RunDir]:
 
 def cmd_run(args: argparse.Namespace) -> None:
     cfg, _ = _training_command(args)
-    # Read and check both files before training, so that a bad test file costs seconds, not an hour.
-    if args.data_dir is None:
-        train, test = load_embedded()
-        source = "the embedded MNIST sample"
-    else:
-        train = read_train(find_csv(args.data_dir, "train"))
-        test = read_test(find_csv(args.data_dir, "test"))
-        source = str(args.data_dir)
+    train, test, source = load_data(args.data_dir, test="required")
     _say(args.quiet, f"{PROG}: {len(train):,} training and {len(test):,} test images from {source}")
     api = _kaggle_before_training(args.submit, len(test)) if args.submit is not None else None
     from .runs import run
@@ -404,25 +397,15 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in METHOD_NAMES]
-    if unknown or not models:
-        raise UsageError(f"unknown model '{unknown[0] if unknown else ''}'; known: {', '.join(METHOD_NAMES)}")
-    if len(set(models)) != len(models):
-        raise UsageError(f"--models names a method twice: {args.models}")
-    if args.folds < 1 or (args.folds == 1 and not 0 < args.val_fraction < 1):
-        raise UsageError("--folds must be >= 1 and --val-fraction between 0 and 1")
-    if not 0 <= args.seed < 2**31:
-        raise UsageError("--seed must be in 0 .. 2^31 - 1")
-    RunDir(args.out).check_writable()
-    if args.data_dir is None:
-        train, test = load_embedded()
-    else:
-        train = read_train(find_csv(args.data_dir, "train"))
-        has_test = any((args.data_dir / f"test.csv{ext}").is_file() for ext in ("", ".gz"))
-        test = read_test(find_csv(args.data_dir, "test")) if has_test else None
-    from .runs import compare
+    from .runs import check_comparison, compare
 
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    try:
+        check_comparison(models, args.folds, args.val_fraction, args.seed)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    RunDir(args.out).check_writable()
+    train, test, _ = load_data(args.data_dir, test="optional")
     executor = _executor(args, "auto")
     with _closing(executor):
         table = compare(train, args.out, models, test=test, folds=args.folds, val_fraction=args.val_fraction,
@@ -465,7 +448,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     except ValueError as err:
         raise UsageError(str(err)) from None
     RunDir(args.out).check_writable()
-    train = load_embedded()[0] if args.data_dir is None else read_train(find_csv(args.data_dir, "train"))
+    train, _, _ = load_data(args.data_dir, test="none")
     check_split(train.labels, args.folds, cfg.val_fraction)
     executor = _executor(args, cfg.device)
     with _closing(executor):
@@ -499,8 +482,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_onnx
     from .loading import model_files
-    from .predict import export_onnx
 
     _check_output_file(args.onnx, lambda: model_files(args.model))
     try:

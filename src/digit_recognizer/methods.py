@@ -32,7 +32,7 @@ from sklearn.tree._tree import Tree
 
 from .config import TrainConfig, check_method, method_config
 from .data import N_CLASSES, N_PIXELS, Digits, split
-from .evaluate import predict_proba
+from .evaluate import network_proba
 from .files import atomic_path
 
 
@@ -70,7 +70,7 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         device = next(self.network_.parameters()).device
-        return predict_proba(self.network_, X, device=device, tta=self.tta)
+        return network_proba(self.network_, X, device=device, tta=self.tta)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.predict_proba(X).argmax(1)

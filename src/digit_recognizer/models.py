@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import NETWORK_NAMES, TrainConfig, check_method, method_config
-from .data import SIDE
+from .data import N_CLASSES, SIDE
 from .errors import first_line
 from .files import atomic_path
 
@@ -60,8 +60,8 @@ class SeedCNN(nn.Module):
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(f3 * 7 * 7, dense), nn.ReLU(inplace=True), nn.BatchNorm1d(dense), nn.Dropout(d4),
-            nn.Linear(dense, 10),
+            nn.Linear(f3 * (SIDE // 4) ** 2, dense), nn.ReLU(inplace=True), nn.BatchNorm1d(dense), nn.Dropout(d4),
+            nn.Linear(dense, N_CLASSES),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,8 +86,8 @@ class FastCNN(nn.Module):
             *conv_bn(f2, f3), *conv_bn(f3, f3),
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(f3 * 7 * 7, dense, bias=False), nn.BatchNorm1d(dense), nn.ReLU(inplace=True),
-            nn.Dropout(dropout), nn.Linear(dense, 10),
+            nn.Flatten(), nn.Linear(f3 * (SIDE // 4) ** 2, dense, bias=False), nn.BatchNorm1d(dense),
+            nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(dense, N_CLASSES),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,7 +104,7 @@ class MLP(nn.Module):
         for size in hidden:
             layers += [nn.Linear(width, size), nn.ReLU(inplace=True), nn.BatchNorm1d(size), nn.Dropout(dropout)]
             width = size
-        layers.append(nn.Linear(width, 10))
+        layers.append(nn.Linear(width, N_CLASSES))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Predictors for a trained model (PyTorch or ONNX Runtime), and ONNX export.
+"""Predictors for a trained model: PyTorch (a run directory) or ONNX Runtime (a file made by `export`).
 
 Nothing here imports torch at module level: ONNX prediction runs without it.
 """
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import N_CLASSES, SIDE
 from .errors import first_line
-from .files import output_path
 
 
 class TorchPredictor:
@@ -54,7 +54,7 @@ class OnnxPredictor:
         except Exception as err:  # ONNX Runtime raises several kinds for a damaged or foreign file
             raise ValueError(f"{path}: not a usable ONNX model ({first_line(err)})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or list(inputs[0].shape[1:]) != [1, 28, 28] or len(outputs) != 1:
+        if len(inputs) != 1 or list(inputs[0].shape[1:]) != [1, SIDE, SIDE] or len(outputs) != 1:
             raise ValueError(f"{path}: expected one input of shape (n, 1, 28, 28) and one output, got inputs "
                              f"{[i.shape for i in inputs]} and {len(outputs)} outputs")
         self.input = inputs[0].name
@@ -62,7 +62,7 @@ class OnnxPredictor:
         # A model that ignores the batch size, or works only for one image, would otherwise load and then write a
         # submission of the wrong length or fail every request. Batches of 1 and 3, so that a fixed batch size is
         # caught either way; a blank image and two inked ones, as a model may fail only on ink.
-        probes = np.zeros((3, 28, 28), dtype=np.uint8)
+        probes = np.zeros((3, SIDE, SIDE), dtype=np.uint8)
         probes[1, 4:24, 12:16] = 255  # a bar
         probes[2, 6:22, 6:22] = 255
         probes[2, 10:18, 10:18] = 0  # a ring
@@ -74,7 +74,7 @@ class OnnxPredictor:
         row of 10 finite scores per image, so that no submission can have the wrong number of rows."""
         # Batches small enough for the activations to stay in cache: 28,000 images in one call are
         # about five times slower than the same images 256 at a time.
-        x = images.reshape(-1, 1, 28, 28).astype(np.float32) / 255.0
+        x = images.reshape(-1, 1, SIDE, SIDE).astype(np.float32) / 255.0
         logits = np.concatenate([self._scores(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
@@ -90,34 +90,9 @@ class OnnxPredictor:
         if not isinstance(out, np.ndarray) or out.dtype.kind not in "iuf":
             what = f"{out.dtype} values" if isinstance(out, np.ndarray) else f"a {type(out).__name__}"
             raise ValueError(f"{self.name}: the model answers {what}, not numeric scores")
-        if out.shape != (n, 10):
-            raise ValueError(f"{self.name}: the model answers shape {out.shape} for {batch}, not ({n}, 10): "
+        if out.shape != (n, N_CLASSES):
+            raise ValueError(f"{self.name}: the model answers shape {out.shape} for {batch}, not ({n}, {N_CLASSES}): "
                              "one row of 10 scores per image")
         if not np.isfinite(out).all():
             raise ValueError(f"{self.name}: the model answers scores that are not finite (NaN or infinite) for {batch}")
         return out.astype(np.float32, copy=False)
-
-
-def export_onnx(run_dir: str | Path, path: str | Path) -> None:
-    """Write the network of a run directory as ONNX (input ``pixels``: float (n, 1, 28, 28) in [0, 1]).
-
-    Only a single network exports; an ensemble or a scikit-learn model raises ValueError saying so.
-    """
-    import torch
-
-    from .loading import load_model
-    from .methods import EnsembleModel, NetClassifier
-
-    model = load_model(run_dir, device="cpu")
-    if isinstance(model, EnsembleModel):
-        raise ValueError(f"{run_dir}: an ensemble of {len(model.members)} models; export takes a single network "
-                         f"(one member's folder under {Path(run_dir) / 'jobs'} exports)")
-    if not isinstance(model, NetClassifier):
-        raise ValueError(f"{run_dir}: a scikit-learn model; export takes a single network (cnn, fast or mlp)")
-    network = model.network_
-    example = torch.rand(2, 1, 28, 28)
-    with output_path(path) as tmp:
-        torch.onnx.export(
-            network, (example,), str(tmp), input_names=["pixels"], output_names=["logits"],
-            dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-        )

@@ -219,6 +219,7 @@ def compare(
     from .config import METHODS
 
     models = models or list(METHODS)
+    check_comparison(models, folds, val_fraction, seed)
     jobs = compare_jobs(models, train.labels, folds, val_fraction, seed, predict_test=test is not None)
     run_dir = RunDir(out)
     run_dir.start(manifest("compare", [job.name for job in jobs], models=models, folds=folds,
@@ -246,6 +247,21 @@ def compare(
     run_dir.write_table(table, COMPARISON_TABLE)
     run_dir.write_figure(plot_comparison(table), COMPARISON_FIGURE)
     return table
+
+
+def check_comparison(models: list[str], folds: int, val_fraction: float, seed: int) -> None:
+    """Refuse (ValueError) a comparison that cannot run: unknown or repeated methods, no split, a bad seed."""
+    from .config import METHOD_NAMES
+
+    unknown = [m for m in models if m not in METHOD_NAMES]
+    if unknown or not models:
+        raise ValueError(f"unknown model '{unknown[0] if unknown else ''}'; known: {', '.join(METHOD_NAMES)}")
+    if len(set(models)) != len(models):
+        raise ValueError(f"--models names a method twice: {','.join(models)}")
+    if folds < 1 or (folds == 1 and not 0 < val_fraction < 1):
+        raise ValueError("--folds must be >= 1 and --val-fraction between 0 and 1")
+    if not 0 <= seed < 2**31:
+        raise ValueError("--seed must be in 0 .. 2^31 - 1")
 
 
 def method_settings(method: str, cfg: TrainConfig) -> str:

@@ -31,7 +31,7 @@ from .config import TrainConfig
 from .console import format_duration, show_bars
 from .data import Digits
 from .errors import InputError, TrainingDiverged, first_line
-from .evaluate import log_loss, predict_proba
+from .evaluate import log_loss, network_proba
 from .models import build_network, to_input
 
 CHANCE = 0.2  # a final validation accuracy at or below this is reported as a failed training
@@ -244,7 +244,7 @@ def fit(
     for epoch in epochs:
         started = time.perf_counter()
         row = {"epoch": epoch, **train_epoch(training, cfg, pixels, labels, epoch, label, bars)}
-        proba = predict_proba(training.network, val.images, device=device)
+        proba = network_proba(training.network, val.images, device=device)
         row.update(val_loss=log_loss(proba, val.labels), val_accuracy=float(np.mean(proba.argmax(1) == val.labels)),
                    lr=training.optimizer.param_groups[0]["lr"])
         elapsed += time.perf_counter() - started
