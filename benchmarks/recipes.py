@@ -95,8 +95,17 @@ def load_recipe(path: Path, default_model: str) -> Recipe:
 
 def settings(cfg: TrainConfig) -> dict:
     """The settings that decide a result, as they read back from JSON (the device does not decide one)."""
-    values = {key: value for key, value in cfg.to_dict().items() if key != "device"}
-    return json.loads(json.dumps(values))
+    return cfg.settings()
+
+
+def same_settings(recorded: object, now: dict) -> bool:
+    """Whether a line's settings are ``now``'s: a setting added to TrainConfig after the line was written counts
+    as the same when it holds its default (which is what the line was measured with)."""
+    if not isinstance(recorded, dict):
+        return False
+    defaults = TrainConfig().settings()
+    return all(recorded[key] == value if key in recorded else value == defaults.get(key)
+               for key, value in now.items()) and set(recorded) <= set(now)
 
 
 def read_results(path: Path) -> tuple[list[dict], int]:
@@ -130,7 +139,8 @@ def already_measured(path: Path, recipes: list[Recipe], seeds: list[int], folds:
         recipe = wanted[key]
         expected = {"model": recipe.model, "settings": settings(dataclasses.replace(recipe.config, seed=key[1])),
                     "folds": folds, "data": data}
-        changed = [field for field, value in expected.items() if line.get(field) != value]
+        changed = [field for field, value in expected.items()
+                   if not (same_settings(line.get(field), value) if field == "settings" else line.get(field) == value)]
         if changed:
             raise HarnessError(f"{path}: recipe '{key[0]}' seed {key[1]} was measured with other "
                                f"{', '.join(changed)}; rename the recipe file or use another --results")
@@ -145,8 +155,9 @@ def finished_metrics(run_dir: Path, recipe: Recipe, cfg: TrainConfig, folds: int
     if not (run_dir / METRICS_FILE).is_file():
         return None
     made = run.read_manifest()
-    wanted = {"method": recipe.model, "train": settings(cfg), "members": 1, "folds": folds, "data": data}
-    if any(made.get(key) != value for key, value in wanted.items()):
+    wanted = {"method": recipe.model, "members": 1, "folds": folds, "data": data}
+    if any(made.get(key) != value for key, value in wanted.items()) or not same_settings(made.get("train"),
+                                                                                         settings(cfg)):
         return None
     return run.read_metrics()
 

@@ -22,9 +22,11 @@ from pathlib import Path
 from . import __version__
 from .config import (
     DEVICE_HELP,
+    INITS,
     METHOD_NAMES,
     METHODS,
     OPTIMIZER_NAMES,
+    PRECISIONS,
     PRESETS,
     SCHEDULES,
     TrainConfig,
@@ -58,7 +60,7 @@ def _list_of(kind: type):
 # TrainConfig's annotations are strings (postponed evaluation); map each to a command-line parser.
 _FLAG_TYPES = {"int": int, "float": float, "str": str,
                "tuple[int, ...]": _list_of(int), "tuple[float, ...]": _list_of(float)}
-_CHOICES = {"optimizer": OPTIMIZER_NAMES, "schedule": SCHEDULES}
+_CHOICES = {"optimizer": OPTIMIZER_NAMES, "schedule": SCHEDULES, "precision": PRECISIONS, "init": INITS}
 MAX_SETTINGS_FILE = 1 << 20  # bytes; a settings file is a few hundred
 
 

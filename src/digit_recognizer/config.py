@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 # Each is a case of train.make_optimizer.
 OPTIMIZER_NAMES = ("rmsprop", "adam", "adamw", "sgd")
-SCHEDULES = ("plateau", "onecycle")
+SCHEDULES = ("plateau", "onecycle", "triangle")
+PRECISIONS = ("auto", "native", "bf16", "fp32")
+INITS = ("default", "dirac")
 DEVICE_HELP = "device must be auto, cpu, cuda or cuda:N"
 
 
@@ -46,11 +48,23 @@ class TrainConfig:
     # Exponential moving average of the weights, decay per step (0: off); BatchNorm statistics recomputed for it
     ema: float = 0.0
     # "plateau": multiply lr by lr_factor when val accuracy stalls for lr_patience epochs (floor min_lr);
-    # "onecycle": warm up to lr over the first quarter of the steps, then anneal to ~0.
+    # "onecycle": warm up to lr over the first quarter of the steps, then anneal to ~0 (cosine);
+    # "triangle": the same with straight lines, up over the first quarter, then down to 0.
     schedule: str = "plateau"
     lr_factor: float = 0.5
     lr_patience: int = 3
     min_lr: float = 1e-5
+    # Arithmetic: "auto" is bfloat16 autocast on CUDA and float32 on a CPU; "native" is bfloat16 wherever the
+    # hardware computes it natively (CUDA, or a CPU with AVX512-BF16 or AMX), else float32; "bf16", "fp32" force.
+    precision: str = "auto"
+    # Initialisation: "dirac" starts every convolution with as many channels out as in (the second of each pair)
+    # as the identity, so that each pair starts as one convolution.
+    init: str = "default"
+    # BatchNorm: momentum (torch's convention: the weight of each batch's statistics), whether its scale learns
+    # (False: fixed at 1, only the shift learns), and its shift's learning rate as a multiple of lr.
+    bn_momentum: float = 0.1
+    bn_scale: bool = True
+    bn_bias_lr: float = 1.0
     # Data
     val_fraction: float = 0.1
     seed: int = 2
@@ -92,6 +106,10 @@ class TrainConfig:
             (0 <= self.ema < 1, "ema must be in [0, 1): the averaging's decay per step, 0 for none"),
             (self.optimizer in OPTIMIZER_NAMES, f"optimizer must be one of {', '.join(OPTIMIZER_NAMES)}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+            (self.init in INITS, f"init must be one of {', '.join(INITS)}"),
+            (0 < self.bn_momentum <= 1, "bn_momentum must be in (0, 1]"),
+            (finite(self.bn_bias_lr) and 0 < self.bn_bias_lr <= 1000, "bn_bias_lr must be in (0, 1000]"),
             (0 < self.lr_factor < 1, "lr_factor must be between 0 and 1"),
             (0 <= self.lr_patience <= 10_000, "lr_patience must be in 0 .. 10000"),
             (finite(self.min_lr) and self.min_lr >= 0, "min_lr must be a finite number >= 0"),

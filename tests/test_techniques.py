@@ -1,0 +1,104 @@
+"""The training techniques that are settings (each off by default): what makes each correct."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import digit_recognizer.train as train_module
+from digit_recognizer.config import TrainConfig, method_config
+from digit_recognizer.data import Digits
+from digit_recognizer.models import build_network
+from digit_recognizer.train import autocast_bf16, build, fit, make_optimizer, make_schedule, prepare
+
+
+def tiny(**changes) -> TrainConfig:
+    return dataclasses.replace(method_config("fast"), **{"filters": (4, 8, 8), "dense": 16, "epochs": 2,
+                                                        "batch_size": 32, **changes})
+
+
+@pytest.fixture(scope="module")
+def digits(embedded) -> tuple[Digits, Digits]:
+    train = embedded[0]
+    return Digits(train.images[:256], train.labels[:256]), Digits(train.images[256:320], train.labels[256:320])
+
+
+@pytest.mark.parametrize("precision, device, native, expected", [
+    ("auto", "cpu", True, False), ("auto", "cuda", False, True),      # today's behaviour: bf16 on CUDA only
+    ("native", "cpu", True, True), ("native", "cpu", False, False), ("native", "cuda", False, True),
+    ("bf16", "cpu", False, True), ("fp32", "cuda", True, False),
+])
+def test_precision_picks_bfloat16_by_the_hardware_unless_forced(precision, device, native, expected, monkeypatch):
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: native)
+    assert autocast_bf16(precision, torch.device(device)) is expected
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_training_runs_under_the_autocast_its_precision_asks_for(precision, digits, monkeypatch):
+    """Each training step's forward pass is under bfloat16 autocast exactly when asked; the weights stay float32
+    and the training learns."""
+    seen = []
+    real = torch.autocast
+
+    def spy(device_type, dtype=None, enabled=True, **kwargs):
+        if torch.is_grad_enabled():  # a training step (evaluation runs under inference mode)
+            seen.append(enabled)
+        return real(device_type, dtype=dtype, enabled=enabled, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    network, history = fit("fast", tiny(precision=precision), *digits, torch.device("cpu"), progress=False)
+    assert seen and set(seen) == {precision == "bf16"}
+    assert all(p.dtype == torch.float32 for p in network.parameters())
+    assert np.isfinite([row["loss"] for row in history]).all() and history[-1]["loss"] < history[0]["loss"] * 1.5
+
+
+def test_dirac_init_starts_each_pair_as_one_convolution():
+    """The second convolution of each pair (as many channels out as in) is the identity at the start; the first
+    keeps its random weights."""
+    network = build_network("fast", tiny(filters=(4, 8, 16)))
+    prepare(network, tiny(init="dirac"))
+    convs = [m for m in network.modules() if isinstance(m, nn.Conv2d)]
+    square = [c for c in convs if c.in_channels == c.out_channels]
+    assert len(square) == 3
+    x = torch.rand(2, 8, 14, 14)
+    conv = next(c for c in square if c.in_channels == 8)
+    torch.testing.assert_close(conv(x), x)
+    assert all(not torch.equal(c.weight, torch.nn.init.dirac_(torch.empty_like(c.weight))) for c in convs
+               if c.in_channels != c.out_channels)
+
+
+def test_batchnorm_settings_reach_every_batchnorm_layer(digits):
+    """Momentum set on every BatchNorm; a frozen scale stays exactly 1 through training; the shifts learn at
+    their own rate, in a group of their own."""
+    cfg = tiny(bn_momentum=0.4, bn_scale=False, bn_bias_lr=64.0)
+    training = build("fast", cfg, torch.device("cpu"), steps_per_epoch=8)
+    norms = [m for m in training.network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(bn.momentum == 0.4 for bn in norms)
+    groups = training.optimizer.param_groups
+    assert len(groups) == 2 and {id(p) for p in groups[1]["params"]} == {id(bn.bias) for bn in norms}
+    network, _ = fit("fast", cfg, *digits, torch.device("cpu"), progress=False)
+    for bn in (m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        assert torch.equal(bn.weight, torch.ones_like(bn.weight))
+    peak = make_optimizer(cfg, build_network("fast", cfg)).param_groups
+    assert peak[1]["lr"] == pytest.approx(cfg.lr * 64)
+
+
+def test_the_triangle_schedule_is_straight_lines_up_then_down():
+    cfg = tiny(schedule="triangle", epochs=4)
+    optimizer = make_optimizer(cfg, build_network("fast", cfg))
+    schedule = make_schedule(cfg, optimizer, steps_per_epoch=25)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    rates = np.array(rates)
+    top = int(rates.argmax())
+    assert 20 <= top <= 26 and rates[top] == pytest.approx(cfg.lr, rel=0.05)
+    np.testing.assert_allclose(np.diff(rates[:top], 2), 0, atol=1e-9)     # straight up
+    np.testing.assert_allclose(np.diff(rates[top:], 2), 0, atol=1e-9)     # straight down
+    assert rates[-1] < cfg.lr * 0.02
