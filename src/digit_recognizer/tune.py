@@ -293,8 +293,8 @@ class _Search:
         self.asked += 1
         trial = self.study.ask()
         params = {name: param.suggest(trial) for name, param in self.space.items()}
+        # Valid by construction: the base was validated by tune(), and every bound and choice by check_space.
         cfg = TrainConfig.from_dict({**self.base.to_dict(), **params})
-        cfg.validate()
         trial.set_user_attr("config", cfg.settings())
         origin = trial.user_attrs.get("retry_of", trial.number)  # a retried trial resumes the original's folds
         jobs = fold_jobs(f"trial{origin}", self.method, cfg, self.pairs)
