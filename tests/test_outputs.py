@@ -101,4 +101,4 @@ def test_help_shows_each_models_defaults_and_the_choices(capsys):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "cnn 30, mlp 20, fast 12" in text  # --epochs: the default depends on the model
-    assert "{rmsprop,adam,adamw,sgd}" in text and "{plateau,onecycle}" in text
+    assert "{rmsprop,adam,adamw,sgd}" in text and "{plateau,onecycle,triangle}" in text

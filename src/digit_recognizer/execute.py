@@ -14,6 +14,7 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
+from . import train as training_loop  # by module: resolve_device is looked up when called
 from .console import format_duration, show_bars
 from .data import Digits
 from .jobs import Job, JobRecord, JobResult, train_job
@@ -35,9 +36,7 @@ class InProcess:
     """Runs jobs one after another in this process, each network resuming from its last finished epoch."""
 
     def __init__(self, device: str = "auto") -> None:
-        from .train import resolve_device
-
-        self.device = str(resolve_device(device))
+        self.device = str(training_loop.resolve_device(device))
 
     def __call__(self, jobs: list[Job], digits: Digits, test: Digits | None, run_dir: RunDir,
                  progress: bool) -> Iterator[JobResult]:

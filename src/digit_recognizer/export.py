@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from .data import SIDE
 from .files import output_path
+from .loading import load_model
+from .methods import EnsembleModel, NetClassifier
 
 
 def export_onnx(run_dir: str | Path, path: str | Path) -> None:
@@ -13,11 +17,6 @@ def export_onnx(run_dir: str | Path, path: str | Path) -> None:
 
     Only a single network exports; an ensemble or a scikit-learn model raises ValueError saying so.
     """
-    import torch
-
-    from .loading import load_model
-    from .methods import EnsembleModel, NetClassifier
-
     model = load_model(run_dir, device="cpu")
     if isinstance(model, EnsembleModel):
         raise ValueError(f"{run_dir}: an ensemble of {len(model.members)} models; export takes a single network "

@@ -30,10 +30,12 @@ from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 from sklearn.tree._tree import Tree
 
+from . import train as training_loop  # by module: its fit and resolve_device are looked up when called
 from .config import TrainConfig, check_method, method_config
 from .data import N_CLASSES, N_PIXELS, Digits, split
 from .evaluate import network_proba
 from .files import atomic_path
+from .models import build_network, load_weights, save_weights
 
 
 class NetClassifier(ClassifierMixin, BaseEstimator):
@@ -55,16 +57,15 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
             checkpoint: object | None = None) -> NetClassifier:
-        from .train import fit, resolve_device
-
         cfg = self.config or method_config(self.method)
         cfg.validate()
         if X_val is None:
             train, val = split(Digits(X, y), cfg.val_fraction, cfg.seed)
         else:
             train, val = Digits(X, y), Digits(X_val, y_val)
-        self.network_, self.history_ = fit(self.method, cfg, train, val, resolve_device(self.device),
-                                           self.progress, self.label, checkpoint)
+        device = training_loop.resolve_device(self.device)
+        self.network_, self.history_ = training_loop.fit(self.method, cfg, train, val, device, self.progress,
+                                                         self.label, checkpoint)
         self.classes_ = np.arange(N_CLASSES)
         return self
 
@@ -124,8 +125,6 @@ def estimator_proba(estimator: BaseEstimator, X: np.ndarray) -> np.ndarray:
 def save_estimator(estimator: BaseEstimator, path: str | Path) -> None:
     """Write a fitted model's file: a network's weights (safetensors) or a pipeline (skops), atomically."""
     if isinstance(estimator, NetClassifier):
-        from .models import save_weights
-
         save_weights(estimator.network_, path)
         return
     import skops.io
@@ -139,11 +138,8 @@ def load_estimator(method: str, cfg: TrainConfig, path: str | Path, device: str 
     """Load what :func:`save_estimator` wrote for ``method``; raises ValueError naming the file and the fault."""
     path = Path(path)
     if check_method(method).network:
-        from .models import build_network, load_weights
-        from .train import resolve_device
-
         wrapper = NetClassifier(method, cfg, device=device, tta=tta)
-        wrapper.network_ = load_weights(build_network(method, cfg), path).to(resolve_device(device))
+        wrapper.network_ = load_weights(build_network(method, cfg), path).to(training_loop.resolve_device(device))
         wrapper.classes_ = np.arange(N_CLASSES)
         return wrapper
     if tta:

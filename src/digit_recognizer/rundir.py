@@ -383,7 +383,7 @@ class FileCheckpoint:
     def load(self) -> dict | None:
         if not exists(self.path):
             return None
-        import torch
+        import torch  # only when a checkpoint is read: the command line imports this module (start-up time)
 
         try:
             data = read_bounded(self.path, _MAX_CHECKPOINT, "a checkpoint")
@@ -397,7 +397,7 @@ class FileCheckpoint:
         return state
 
     def save(self, state: dict) -> None:
-        import torch
+        import torch  # as in load
 
         if self.record is not None:
             self.record(self.path)

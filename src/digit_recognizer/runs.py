@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import TrainConfig, check_method, method_config
+from . import tensorboard as events
+from .config import METHOD_NAMES, METHODS, TrainConfig, check_method, method_config
 from .data import Digits
 from .evaluate import accuracy, confident_errors, log_loss
 from .execute import Executor, InProcess, run_jobs
 from .jobs import Job, JobRecord, compare_jobs, ensemble_jobs, single_job
 from .loading import load_model
+from .methods import estimator_proba, make_estimator
 from .plots import plot_comparison, plot_confusion, plot_curves, plot_errors, plot_member_curves
 from .report import render_report
 from .rundir import (
@@ -67,16 +69,12 @@ def run(
     metrics = _train(run_dir, train, method, cfg, progress, members, folds, overwrite, executor, tensorboard)
     # The model is read back from its files: the jobs of a resumed run were trained by another process.
     model = load_model(run_dir.path, device=cfg.device, tta=tta)
-    from .methods import estimator_proba
-
     run_dir.write_submission(estimator_proba(model, test.images).argmax(1))
     return metrics
 
 
 def _train(run_dir: RunDir, digits: Digits, method: str, cfg: TrainConfig | None, progress: bool, members: int,
            folds: int, overwrite: bool, executor: Executor | None, tensorboard: bool) -> dict:
-    from . import tensorboard as events
-
     cfg = cfg or method_config(method)
     cfg.validate()
     if tensorboard and events.tensorboard_missing():
@@ -216,8 +214,6 @@ def compare(
 ) -> pd.DataFrame:
     """Fit each method on the same split(s) of ``train``, score it on the held-out part, write ``comparison.csv``,
     ``comparison.png`` and, with a test set, ``submissions/<model>.csv`` (the folds' mean probabilities)."""
-    from .config import METHODS
-
     models = models or list(METHODS)
     check_comparison(models, folds, val_fraction, seed)
     jobs = compare_jobs(models, train.labels, folds, val_fraction, seed, predict_test=test is not None)
@@ -251,8 +247,6 @@ def compare(
 
 def check_comparison(models: list[str], folds: int, val_fraction: float, seed: int) -> None:
     """Refuse (ValueError) a comparison that cannot run: unknown or repeated methods, no split, a bad seed."""
-    from .config import METHOD_NAMES
-
     unknown = [m for m in models if m not in METHOD_NAMES]
     if unknown or not models:
         raise ValueError(f"unknown model '{unknown[0] if unknown else ''}'; known: {', '.join(METHOD_NAMES)}")
@@ -270,8 +264,6 @@ def method_settings(method: str, cfg: TrainConfig) -> str:
         return (f"{method} network, {cfg.epochs} epochs, {cfg.optimizer} lr {cfg.lr:g}, batch {cfg.batch_size}, "
                 f"augment {'on' if cfg.augment else 'off'}")
     from sklearn.preprocessing import FunctionTransformer
-
-    from .methods import make_estimator
 
     estimator = make_estimator(method)
     steps = [step for _, step in getattr(estimator, "steps", [(None, estimator)])]
