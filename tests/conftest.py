@@ -49,7 +49,8 @@ def pinned_file(folder: Path, recipe: dict, **changes: object) -> Path:
 def tiny(epochs: int = 1, **changes: object) -> TrainConfig:
     """The fast network's recipe shrunk to 4-8-8 filters and 16 dense units (as TINY_FLAGS), for tests that
     need a trained network, not a good one."""
-    return dataclasses.replace(method_config("fast"), filters=(4, 8, 8), dense=16, epochs=epochs, **changes)
+    return dataclasses.replace(method_config("fast"), **{"filters": (4, 8, 8), "dense": 16, "epochs": epochs,
+                                                        **changes})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

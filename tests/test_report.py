@@ -9,21 +9,15 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+from conftest import tiny
 from fastapi.testclient import TestClient
 
 from digit_recognizer.cli import main
-from digit_recognizer.config import method_config
 from digit_recognizer.data import Digits
 from digit_recognizer.runs import per_class, train_run
 from digit_recognizer.serve import create_app
 
 FIGURES = ("curves.png", "confusion_matrix.png", "errors.png")
-
-
-def tiny(epochs: int):
-    cfg = method_config("fast")
-    cfg.epochs = epochs
-    return cfg
 
 
 @pytest.fixture(scope="module")

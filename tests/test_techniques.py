@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
+from conftest import tiny as shared_tiny
 from torch import nn
 
 import digit_recognizer.train as train_module
-from digit_recognizer.config import TrainConfig, method_config
+from digit_recognizer.config import TrainConfig
 from digit_recognizer.data import Digits
 from digit_recognizer.models import build_network
 from digit_recognizer.train import autocast_bf16, build, fit, make_optimizer, make_schedule, prepare
 
 
-def tiny(**changes) -> TrainConfig:
-    return dataclasses.replace(method_config("fast"), **{"filters": (4, 8, 8), "dense": 16, "epochs": 2,
-                                                        "batch_size": 32, **changes})
+def tiny(**changes: object) -> TrainConfig:
+    """conftest's tiny network, two epochs of batches of 32."""
+    return shared_tiny(**{"epochs": 2, "batch_size": 32, **changes})
 
 
 @pytest.fixture(scope="module")
