@@ -101,3 +101,27 @@ def test_the_triangle_schedule_is_straight_lines_up_then_down():
     np.testing.assert_allclose(np.diff(rates[:top], 2), 0, atol=1e-9)     # straight up
     np.testing.assert_allclose(np.diff(rates[top:], 2), 0, atol=1e-9)     # straight down
     assert rates[-1] < cfg.lr * 0.02
+
+
+def test_pool_first_runs_batchnorm_on_a_quarter_of_the_pixels():
+    """With pool_first, each pooled stage's second BatchNorm sees the pooled maps (14x14, 7x7) instead of the
+    full ones (28x28, 14x14); without it the network is the fast network as it always was (same weights' names)."""
+    sizes = {}
+
+    def record(name):
+        return lambda module, inputs, output: sizes.setdefault(name, []).append(inputs[0].shape[-1])
+
+    for pool_first in (False, True):
+        network = build_network("fast", tiny(pool_first=pool_first)).eval()
+        for index, module in enumerate(network.features):
+            if isinstance(module, nn.BatchNorm2d):
+                module.register_forward_hook(record((pool_first, index)))
+        assert network(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    plain = [sizes[key][0] for key in sorted(k for k in sizes if not k[0])]
+    pooled = [sizes[key][0] for key in sorted(k for k in sizes if k[0])]
+    assert plain == [28, 28, 14, 14, 7, 7] and pooled == [28, 14, 14, 7, 7, 7]
+    # The default keeps the layer positions that saved fast networks' weights are named by.
+    state = build_network("fast", tiny()).state_dict()
+    assert [key for key, value in state.items() if value.dim() == 4] == [
+        "features.0.weight", "features.3.weight", "features.7.weight", "features.10.weight", "features.14.weight",
+        "features.17.weight"]

@@ -38,6 +38,7 @@ class TrainConfig:
     kernels: tuple[int, ...] = (5, 3, 3)
     dense: int = 256
     dropout: tuple[float, ...] = (0.25, 0.25, 0.25, 0.5)
+    pool_first: bool = False  # fast network: pool before BatchNorm and ReLU (their work on a quarter of the pixels)
     # Optimisation
     epochs: int = 30
     batch_size: int = 86
@@ -179,7 +180,8 @@ def _short(value: object) -> str:
 
 # --- methods: one record each -------------------------------------------------------------------------------
 
-SHAPE_SETTINGS = ("filters", "kernels", "dense", "dropout")  # settings that shape a network, each used by some
+# Settings that shape a network, each used by some networks.
+SHAPE_SETTINGS = ("filters", "kernels", "dense", "dropout", "pool_first")
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,7 @@ METHODS: dict[str, Method] = {
     "fast": Method("small BatchNorm CNN 16-32-64, one-cycle schedule", "FastCNN",
                    TrainConfig(filters=(16, 32, 64), dense=128, epochs=12, batch_size=128, optimizer="sgd", lr=0.1,
                                weight_decay=5e-4, label_smoothing=0.1, schedule="onecycle"),
-                   shape=("filters", "dense"),
+                   shape=("filters", "dense", "pool_first"),
                    search={"filters": ((16, 32, 64), (24, 48, 96), (32, 64, 128)), "dense": (64, 128, 256)}),
     # The seed kernel's recipe, unchanged: TrainConfig's defaults.
     "cnn": Method("the seed kernel's CNN and recipe", "SeedCNN", TrainConfig(),
