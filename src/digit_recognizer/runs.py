@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import tensorboard as events
-from .config import METHOD_NAMES, METHODS, TrainConfig, check_method, method_config
+from .config import METHOD_NAMES, METHODS, TrainConfig, check_method, choose, method_config
 from .data import Digits
 from .evaluate import accuracy, confident_errors, log_loss
 from .execute import Executor, InProcess, run_jobs
@@ -79,9 +79,8 @@ def _train(run_dir: RunDir, digits: Digits, method: str, cfg: TrainConfig | None
     cfg.validate()
     if tensorboard and events.tensorboard_missing():
         raise ImportError(events.tensorboard_missing())
+    choose(None, method, members, folds, "cpu")  # the rule of what can be trained, in one place
     ensemble = members != 1 or folds != 1
-    if ensemble and not check_method(method).network:
-        raise ValueError(f"ensembles are made of networks; '{method}' is not one")
     if ensemble:
         jobs = ensemble_jobs(method, cfg, digits.labels, members, folds)
     else:
