@@ -38,7 +38,7 @@ import pandas as pd
 
 import digit_recognizer
 from digit_recognizer.cli import MAX_SETTINGS_FILE
-from digit_recognizer.config import TrainConfig, check_method, method_config
+from digit_recognizer.config import TrainConfig, check_method, completed, method_config
 from digit_recognizer.data import Digits, find_csv, read_train
 from digit_recognizer.errors import InputError, TrainingDiverged, first_line
 from digit_recognizer.files import read_bounded
@@ -99,13 +99,8 @@ def settings(cfg: TrainConfig) -> dict:
 
 
 def same_settings(recorded: object, now: dict) -> bool:
-    """Whether a line's settings are ``now``'s: a setting added to TrainConfig after the line was written counts
-    as the same when it holds its default (which is what the line was measured with)."""
-    if not isinstance(recorded, dict):
-        return False
-    defaults = TrainConfig().settings()
-    return all(recorded[key] == value if key in recorded else value == defaults.get(key)
-               for key, value in now.items()) and set(recorded) <= set(now)
+    """Whether a line's settings are ``now``'s (a setting added after the line was written at its default)."""
+    return isinstance(recorded, dict) and completed(recorded) == now
 
 
 def read_results(path: Path) -> tuple[list[dict], int]:

@@ -53,6 +53,21 @@ def test_an_ensemble_rerun_with_other_settings_is_refused(small_data_dir, tmp_pa
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_a_run_made_before_a_setting_existed_resumes_when_the_setting_is_at_its_default(small_data_dir, tmp_path,
+                                                                                       capsys):
+    """An upgrade that adds a setting must not strand an unfinished run: the older run.json lacks the setting, and
+    it trained with the setting's default. Asking for another value is still refused."""
+    out = tmp_path / "out"
+    assert run(small_data_dir, out) == 0
+    manifest = json.loads((out / "run.json").read_text())
+    del manifest["train"]["pool_first"]  # as written by a version before the setting
+    (out / "run.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert run(small_data_dir, out) == 0
+    assert run(small_data_dir, out, "--pool-first") == 2
+    assert "pool_first False -> True" in capsys.readouterr().err
+
+
 def test_other_training_data_is_refused(small_data_dir, tmp_path, capsys, embedded):
     out = tmp_path / "out"
     assert run(small_data_dir, out) == 0

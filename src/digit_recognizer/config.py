@@ -141,6 +141,13 @@ class TrainConfig:
         return values
 
 
+def completed(recorded: dict) -> dict:
+    """Settings recorded by an earlier version (a run's ``run.json``, a result line), completed with the defaults
+    of the settings added since: what that version trained with, so a run made before a setting existed resumes
+    and compares as the same settings."""
+    return {**TrainConfig().settings(), **recorded}
+
+
 def _typed(value: object, annotation: str, where: str) -> object:
     """``value`` converted to the field's type (annotations are strings: postponed evaluation)."""
     if annotation.startswith("tuple["):

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import __version__
-from .config import TrainConfig, check_method
+from .config import TrainConfig, check_method, completed
 from .errors import InputError, RunDirError, first_line
 from .files import atomic_path, check_writable, read_bounded, temporaries_of, write_json
 from .jobs import JobRecord, JobSummary
@@ -485,6 +485,8 @@ def _differences(old: dict, new: dict) -> list[str]:
     changed = []
     for key in sorted((set(old) | set(new)) - {"version", FILES}):
         a, b = old.get(key), new.get(key)
+        if key == "train" and isinstance(a, dict):
+            a = completed(a)
         if isinstance(a, dict) and isinstance(b, dict):
             changed += [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         elif a != b:
