@@ -104,6 +104,10 @@ def test_from_dict_refuses_wrong_names_and_types(values, message):
     ({"val_fraction": 0.0}, "val_fraction"),
     ({"seed": -1}, "seed"),
     ({"zoom": 1.5}, "zoom and shift"),
+    ({"muon_lr": 0.05, "optimizer": "adamw"}, "muon_lr works with optimizer sgd"),
+    ({"muon_lr": -1.0}, "muon_lr must be in"),
+    ({"whiten": True, "filters": (15, 32, 64)}, "whiten needs an even"),
+    ({"whiten": True, "filters": (32, 64, 128)}, "whiten needs an even"),
 ])
 def test_validate_refuses_values_that_would_fail_later(values, message):
     """A setting whose value could not train is refused before any data is read, naming it."""

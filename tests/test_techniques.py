@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,15 @@ import digit_recognizer.train as train_module
 from digit_recognizer.config import TrainConfig
 from digit_recognizer.data import Digits
 from digit_recognizer.models import build_network
-from digit_recognizer.train import autocast_bf16, build, fit, make_optimizer, make_schedule, prepare
+from digit_recognizer.train import (
+    autocast_bf16,
+    build,
+    fit,
+    make_optimizer,
+    make_schedule,
+    prepare,
+    whitening_filters,
+)
 
 
 def tiny(**changes: object) -> TrainConfig:
@@ -125,3 +135,83 @@ def test_pool_first_runs_batchnorm_on_a_quarter_of_the_pixels():
     assert [key for key, value in state.items() if value.dim() == 4] == [
         "features.0.weight", "features.3.weight", "features.7.weight", "features.10.weight", "features.14.weight",
         "features.17.weight"]
+
+
+def test_muon_moves_each_filter_bank_by_an_orthogonalised_step_and_sgd_the_rest(digits):
+    """With muon_lr the convolution filters after the first leave SGD for Muon: a bank's first step is
+    -muon_lr times its gradient orthogonalised (every singular value near 1), while the first convolution and
+    the other weights take plain SGD steps; Muon's rate follows the schedule at the ratio muon_lr / lr."""
+    cfg = tiny(muon_lr=0.05, lr=0.1, weight_decay=0.0)
+    training = build("fast", cfg, torch.device("cpu"), steps_per_epoch=8)
+    network, optimizer = training.network, training.optimizer
+    convs = [m for m in network.modules() if isinstance(m, nn.Conv2d)]
+    in_sgd = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert id(convs[0].weight) in in_sgd and not any(id(c.weight) in in_sgd for c in convs[1:])
+    before = [c.weight.detach().clone() for c in convs]
+    x = torch.from_numpy(digits[0].images[:32]).float().div(255).reshape(-1, 1, 28, 28)
+    torch.nn.functional.cross_entropy(network(x), torch.from_numpy(digits[0].labels[:32]).long()).backward()
+    grads = [c.weight.grad.clone() for c in convs]
+    rate = optimizer.param_groups[0]["lr"]  # the schedule's first value
+    optimizer.step()
+    for conv, old, grad in list(zip(convs, before, grads, strict=True))[1:]:
+        step = (conv.weight.detach() - old).reshape(len(old), -1) / (-rate * 0.5)  # muon_lr / lr = 0.5
+        singular = torch.linalg.svdvals(step)
+        assert singular.min() > 0.3 and singular.max() < 1.6, singular  # orthogonalised: all near 1
+        raw = grad.reshape(len(grad), -1)
+        assert torch.nn.functional.cosine_similarity(step.flatten(), raw.flatten(), dim=0).abs() < 0.99  # not SGD's
+    # SGD with Nesterov momentum m (the one-cycle schedule's, 0.95 at the start): the first step is (1 + m) times
+    # the gradient
+    momentum = optimizer.param_groups[0]["momentum"]
+    torch.testing.assert_close(convs[0].weight.detach() - before[0], -rate * (1 + momentum) * grads[0])
+    training.scheduler.step()
+    optimizer.step()
+    assert optimizer.muon.param_groups[0]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"] * 0.5)
+
+
+def test_muon_state_survives_a_checkpoint(digits):
+    """The optimiser's checkpoint carries Muon's momentum: a copy restored after one step takes the same
+    second step as the original."""
+    cfg = tiny(muon_lr=0.05)
+    x = torch.from_numpy(digits[0].images[:32]).float().div(255).reshape(-1, 1, 28, 28)
+    y = torch.from_numpy(digits[0].labels[:32]).long()
+
+    def step(training):
+        torch.manual_seed(0)  # the same dropout for both
+        training.optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(training.network(x), y).backward()
+        training.optimizer.step()
+
+    first = build("fast", cfg, torch.device("cpu"), steps_per_epoch=8)
+    step(first)
+    second = build("fast", cfg, torch.device("cpu"), steps_per_epoch=8)
+    saved = io.BytesIO()
+    torch.save(first.state(torch.device("cpu")), saved)  # as the run directory writes and reads a checkpoint
+    state = torch.load(io.BytesIO(saved.getvalue()), weights_only=True)
+    second.network.load_state_dict(state["network"])
+    second.optimizer.load_state_dict(state["optimizer"])
+    assert second.optimizer.muon.state and all("momentum_buffer" in s for s in second.optimizer.muon.state.values())
+    step(first), step(second)
+    for a, b in zip(first.network.parameters(), second.network.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_whitening_decorrelates_the_patches_and_stays_frozen(digits):
+    """The first convolution's filters, set from the training images, give patches' responses that are
+    uncorrelated with variance near 1 (lambda / (lambda + eps) for a direction of variance lambda), come in
+    negated pairs, and do not move in training."""
+    pixels = torch.from_numpy(digits[0].images)
+    filters = whitening_filters(pixels, pairs=4, size=3)
+    assert filters.shape == (8, 1, 3, 3)
+    torch.testing.assert_close(filters[4:], -filters[:4])
+    x = pixels.float().div(255).reshape(-1, 1, 28, 28)
+    patches = torch.nn.functional.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 9).double()
+    responses = patches @ filters[:4].reshape(4, 9).T.double()
+    moment = responses.T @ responses / len(responses)
+    torch.testing.assert_close(moment - torch.diag(moment.diag()), torch.zeros(4, 4, dtype=torch.float64))
+    assert ((moment.diag() > 0.9) & (moment.diag() <= 1)).all(), moment.diag()  # lambda / (lambda + eps)
+
+    cfg = tiny(whiten=True)
+    network, _ = fit("fast", cfg, *digits, torch.device("cpu"), progress=False)
+    first = next(m for m in network.modules() if isinstance(m, nn.Conv2d))
+    torch.testing.assert_close(first.weight.detach(), whitening_filters(pixels, pairs=2, size=3))
+    assert not first.weight.requires_grad

@@ -66,6 +66,12 @@ class TrainConfig:
     bn_momentum: float = 0.1
     bn_scale: bool = True
     bn_bias_lr: float = 1.0
+    # Muon (orthogonalised momentum, torch.optim.Muon) for the convolution filters after the first, at this peak
+    # learning rate on the same schedule; 0: off. The other weights keep the optimizer (sgd only).
+    muon_lr: float = 0.0
+    # The first convolution's filters set to whiten the training images' patches (half of them the negatives of
+    # the others) and frozen; its BatchNorm still learns.
+    whiten: bool = False
     # Data
     val_fraction: float = 0.1
     seed: int = 2
@@ -111,6 +117,10 @@ class TrainConfig:
             (self.init in INITS, f"init must be one of {', '.join(INITS)}"),
             (0 < self.bn_momentum <= 1, "bn_momentum must be in (0, 1]"),
             (finite(self.bn_bias_lr) and 0 < self.bn_bias_lr <= 1000, "bn_bias_lr must be in (0, 1000]"),
+            (finite(self.muon_lr) and 0 <= self.muon_lr <= 10, "muon_lr must be in [0, 10], 0 for none"),
+            (self.muon_lr == 0 or self.optimizer == "sgd", "muon_lr works with optimizer sgd (for the other weights)"),
+            (not self.whiten or (len(self.filters) > 0 and self.filters[0] % 2 == 0 and self.filters[0] <= 18),
+             "whiten needs an even first filters count of at most 18 (a 3x3 patch's 9 directions, each both ways)"),
             (0 < self.lr_factor < 1, "lr_factor must be between 0 and 1"),
             (0 <= self.lr_patience <= 10_000, "lr_patience must be in 0 .. 10000"),
             (finite(self.min_lr) and self.min_lr >= 0, "min_lr must be a finite number >= 0"),

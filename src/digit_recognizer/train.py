@@ -70,9 +70,11 @@ def resolve_device(name: str) -> torch.device:
 
 def make_optimizer(cfg: TrainConfig, network: nn.Module) -> torch.optim.Optimizer:
     """The optimiser named by ``cfg.optimizer`` (one of :data:`~digit_recognizer.config.OPTIMIZER_NAMES`); the
-    BatchNorm shifts in a group of their own at ``cfg.bn_bias_lr`` times the learning rate."""
+    BatchNorm shifts in a group of their own at ``cfg.bn_bias_lr`` times the learning rate; with ``cfg.muon_lr``
+    the convolution filters after the first are Muon's (:class:`SGDMuon`)."""
     lr, wd = cfg.lr, cfg.weight_decay
-    params: list = [p for p in network.parameters() if p.requires_grad]
+    filters = [conv.weight for conv in _convolutions(network)[1:] if conv.weight.requires_grad] if cfg.muon_lr else []
+    params: list = [p for p in network.parameters() if p.requires_grad and all(p is not f for f in filters)]
     if cfg.bn_bias_lr != 1:
         shifts = [m.bias for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                   and m.bias is not None]
@@ -86,9 +88,63 @@ def make_optimizer(cfg: TrainConfig, network: nn.Module) -> torch.optim.Optimize
             return torch.optim.Adam(params, lr=lr, weight_decay=wd)
         case "adamw":
             return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        case "sgd" if filters:
+            return SGDMuon(params, filters, lr=lr, muon_lr=cfg.muon_lr, weight_decay=wd)
         case "sgd":
             return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
     raise ValueError(f"unknown optimizer '{cfg.optimizer}'")  # TrainConfig.validate refuses it first
+
+
+class SGDMuon(torch.optim.SGD):
+    """SGD with Nesterov momentum for most weights and torch's Muon for convolution filters, one optimiser to the
+    schedule and the checkpoint. Muon takes matrices only: each filter bank ``(out, in, k, k)`` is optimised as
+    the matrix view ``(out, in*k*k)`` of its memory, so Muon's in-place update is the filters'. Muon's learning
+    rate follows SGD's schedule at the fixed ratio ``muon_lr / lr``; no weight decay on the filters (BatchNorm
+    follows each, so their scale does not matter)."""
+
+    def __init__(self, params: list, filters: list[torch.Tensor], lr: float, muon_lr: float,
+                 weight_decay: float) -> None:
+        super().__init__(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+        self.filters = filters
+        self.ratio = muon_lr / lr
+        self.muon = torch.optim.Muon([_as_matrix(f, view=True) for f in filters], lr=muon_lr, weight_decay=0.0)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        group = self.muon.param_groups[0]
+        group["lr"] = self.param_groups[0]["lr"] * self.ratio
+        for bank, matrix in zip(self.filters, group["params"], strict=True):
+            matrix.grad = None if bank.grad is None else _as_matrix(bank.grad)
+        self.muon.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        for bank in self.filters:
+            bank.grad = None
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "muon": self.muon.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        self.muon.load_state_dict(state_dict.pop("muon"))
+        super().load_state_dict(state_dict)
+
+
+def _as_matrix(bank: torch.Tensor, view: bool = False) -> torch.Tensor:
+    """A filter bank as the matrix ``(out, in*k*k)``; in channels-last memory its columns are in (k, k, in) order,
+    which orthogonalisation does not mind (it commutes with permuting columns). ``view``: share the bank's memory
+    (raises if it cannot)."""
+    bank = bank.detach()
+    if not bank.is_contiguous() and bank.is_contiguous(memory_format=torch.channels_last):
+        bank = bank.permute(0, 2, 3, 1)
+    return bank.view(len(bank), -1) if view else bank.reshape(len(bank), -1)
+
+
+def _convolutions(network: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in network.modules() if isinstance(m, nn.Conv2d)]
 
 
 def make_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> object:
@@ -126,12 +182,13 @@ class Training:
         return state
 
 
-def build(method: str, cfg: TrainConfig, device: torch.device, steps_per_epoch: int) -> Training:
+def build(method: str, cfg: TrainConfig, device: torch.device, steps_per_epoch: int,
+          pixels: torch.Tensor | None = None) -> Training:
     """A fresh training of the network of ``method``, seeded by ``cfg.seed``, initialised and its BatchNorm
-    layers set as ``cfg`` says."""
+    layers set as ``cfg`` says (``pixels``: the training images, which whitening needs)."""
     torch.manual_seed(cfg.seed)
     network = build_network(method, cfg)
-    prepare(network, cfg)
+    prepare(network, cfg, pixels)
     network = network.to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, network)
     averaged = AveragedModel(network, avg_fn=_ema_with_warmup(cfg.ema)) if cfg.ema else None
@@ -139,9 +196,17 @@ def build(method: str, cfg: TrainConfig, device: torch.device, steps_per_epoch: 
                     torch.Generator(device=device).manual_seed(cfg.seed), [])
 
 
-def prepare(network: nn.Module, cfg: TrainConfig) -> None:
-    """Apply the initialisation and BatchNorm settings of ``cfg`` to a freshly built network."""
-    convs = [m for m in network.modules() if isinstance(m, nn.Conv2d)]
+def prepare(network: nn.Module, cfg: TrainConfig, pixels: torch.Tensor | None = None) -> None:
+    """Apply the initialisation and BatchNorm settings of ``cfg`` to a freshly built network (``pixels``: the
+    training images, uint8 ``(n, 784)``, which whitening needs)."""
+    convs = _convolutions(network)
+    if cfg.whiten:
+        if pixels is None:
+            raise ValueError("whiten needs the training images")
+        first = convs[0]
+        with torch.no_grad():
+            first.weight.copy_(whitening_filters(pixels, first.out_channels // 2, first.kernel_size[0]))
+        first.weight.requires_grad_(False)
     if cfg.init == "dirac":
         # Every convolution with as many channels out as in (the second of each pair) starts as the identity, so
         # that at first each pair is one convolution deep; the others keep their random weights.
@@ -155,6 +220,19 @@ def prepare(network: nn.Module, cfg: TrainConfig) -> None:
         bn.momentum = cfg.bn_momentum
         if not cfg.bn_scale and bn.weight is not None:
             bn.weight.requires_grad_(False)  # fixed at its initial 1: only the shift learns
+
+
+def whitening_filters(pixels: torch.Tensor, pairs: int, size: int, limit: int = 2048,
+                      eps: float = 1e-3) -> torch.Tensor:
+    """``2 * pairs`` filters ``(2 * pairs, 1, size, size)`` that whiten the images' ``size`` x ``size`` patches
+    (zero-padded, as the convolution sees them): the patches' ``pairs`` main directions (eigenvectors of their
+    second moment, from up to ``limit`` images), each divided by the square root of its eigenvalue, then the
+    same negated, so that the ReLU after them keeps both signs of every direction (as airbench does)."""
+    x = to_input(pixels[:limit].cpu())
+    patches = F.unfold(x, size, padding=size // 2).transpose(1, 2).reshape(-1, size * size).double()
+    values, vectors = torch.linalg.eigh(patches.T @ patches / len(patches))  # ascending
+    main = (vectors[:, -pairs:] / (values[-pairs:] + eps).sqrt()).flip(1).T.reshape(pairs, 1, size, size)
+    return torch.cat([main, -main]).float()
 
 
 def autocast_bf16(precision: str, device: torch.device) -> bool:
@@ -276,7 +354,7 @@ def fit(
     # The whole training set lives on the device as uint8; batches are cut from it by index.
     pixels = torch.from_numpy(train.images).to(device)
     labels = torch.from_numpy(train.labels).to(device)
-    training = build(method, cfg, device, steps_per_epoch=-(-len(pixels) // cfg.batch_size))
+    training = build(method, cfg, device, steps_per_epoch=-(-len(pixels) // cfg.batch_size), pixels=pixels)
     saved = checkpoint.load() if checkpoint else None
     if saved:
         try:
