@@ -15,9 +15,12 @@ loop, so that after N complete rounds every recipe has N seeds.
 Killed, the same command resumes: a recipe x seed already in the results file is skipped, a finished run
 directory is read rather than trained, and an unfinished one resumes after its last finished fold (and epoch).
 
-``--table`` summarises the results file per recipe: seeds, errors (mean ± standard deviation over seeds), seconds,
-and the paired difference against the baseline on the seeds both have. Lines of the file not written by this
-harness (hand-made records of earlier comparisons) are skipped.
+``--time`` trains one epoch of each recipe on a fold's worth of rows and appends its seconds to ``--timings``:
+run it with nothing else on the machine, since the out-of-fold runs' own seconds are often taken while other
+work shares it. ``--table`` summarises the results file per recipe: seeds, errors (mean ± standard deviation
+over seeds), seconds (the quiet ones too where ``--timings`` has them), and the paired difference against the
+baseline on the seeds both have. Lines of the file not written by this harness (hand-made records of earlier
+comparisons) are skipped.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from seed_recipe import machine
 
 BENCHMARK = "recipes"  # marks this harness's lines in a results file that may hold others
+TIMING = "recipes_time"  # marks the lines of --time
 
 
 class HarnessError(Exception):
@@ -251,6 +255,55 @@ def train_recipes(args: argparse.Namespace) -> None:
                   f"{line['train_seconds']:.0f} s" + (", machine busy" if line["busy"] else ""), file=sys.stderr)
 
 
+# --- quiet timings -------------------------------------------------------------------------------------------
+
+def time_recipes(args: argparse.Namespace) -> None:
+    """One training epoch of each recipe on a fold's worth of rows (the first (K-1)/K of train.csv), in this
+    process with torch's threads, appended as one line per recipe to ``--timings``. The out-of-fold runs' own
+    seconds are taken while other work may share the machine; these are the ones to compare, taken with nothing
+    else running (the line records the load average before and after)."""
+    import torch
+
+    from digit_recognizer.train import build, train_epoch
+
+    recipes = [load_recipe(path, args.model) for path in args.recipes]
+    train = read_train(find_csv(args.data_dir, "train"))
+    rows = len(train.labels) * (args.folds - 1) // args.folds
+    pixels, labels = torch.from_numpy(train.images[:rows]), torch.from_numpy(train.labels[:rows]).long()
+    info, state = machine(), git_state()
+    for recipe in recipes:
+        cfg = recipe.config
+        load_start = os.getloadavg()
+        training = build(recipe.model, cfg, torch.device("cpu"), steps_per_epoch=-(-rows // cfg.batch_size),
+                         pixels=pixels)
+        epoch = train_epoch(training, cfg, pixels, labels, epoch=1)
+        load_end = os.getloadavg()
+        line = {"benchmark": TIMING, "recipe": recipe.name, "model": recipe.model, "settings": settings(cfg),
+                "rows": rows, "seconds_per_epoch": round(epoch["seconds"], 2),
+                "images_per_second": round(epoch["images_per_second"]), "load_start": list(load_start),
+                "load_end": list(load_end), "busy": max(load_start[0], load_end[0]) > info["threads"] + 0.5,
+                "machine": info, "git": state, "time": datetime.now(UTC).isoformat(timespec="seconds")}
+        append(args.timings, line)
+        print(f"recipes: {recipe.name}: {line['seconds_per_epoch']:.1f} s per epoch of {rows:,} rows "
+              f"({line['images_per_second']:,} images/s, {info['threads']} threads)"
+              + (", machine busy" if line["busy"] else ""), file=sys.stderr)
+
+
+def read_timings(path: Path) -> dict[str, dict]:
+    """The last quiet timing line of each recipe in ``path`` (none if the file is absent)."""
+    if not path.exists():
+        return {}
+    latest = {}
+    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            line = json.loads(text) if text.strip() else None
+        except json.JSONDecodeError as err:
+            raise HarnessError(f"{path}:{number}: not a JSON line ({err.msg})") from None
+        if isinstance(line, dict) and line.get("benchmark") == TIMING and not line.get("busy"):
+            latest[line["recipe"]] = line
+    return latest
+
+
 # --- the table -------------------------------------------------------------------------------------------------
 
 def spread(values: list[float]) -> tuple[float, float | None]:
@@ -258,9 +311,12 @@ def spread(values: list[float]) -> tuple[float, float | None]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def summarise(lines: list[dict], baseline: str | None) -> list[dict]:
+def summarise(lines: list[dict], baseline: str | None, quiet: dict[str, dict] | None = None) -> list[dict]:
     """One row per recipe, in the order of the file: its seeds' errors, seconds, and the paired difference
-    against ``baseline`` (recipe errors - baseline errors on each seed both have: the same seed, the same folds)."""
+    against ``baseline`` (recipe errors - baseline errors on each seed both have: the same seed, the same folds).
+    ``quiet``: timing lines by recipe; a recipe with one also gets its quiet seconds per epoch and the quiet
+    training seconds of all its folds (that times epochs times folds)."""
+    quiet = quiet or {}
     by_recipe: dict[str, dict[int, dict]] = {}
     for line in lines:
         by_recipe.setdefault(line["recipe"], {}).setdefault(line["seed"], line)  # the first line of a seed
@@ -274,7 +330,12 @@ def summarise(lines: list[dict], baseline: str | None) -> list[dict]:
                "errors_tta": spread([m["errors_tta"] for m in measured]),
                "seconds_per_epoch": statistics.mean(m["seconds_per_epoch"] for m in measured),
                "train_seconds": spread([m["train_seconds"] for m in measured]),
-               "shared_seeds": len(shared), "difference": None, "difference_tta": None}
+               "shared_seeds": len(shared), "difference": None, "difference_tta": None,
+               "quiet_seconds_per_epoch": None, "quiet_train_seconds": None}
+        if name in quiet:
+            row["quiet_seconds_per_epoch"] = quiet[name]["seconds_per_epoch"]
+            row["quiet_train_seconds"] = (quiet[name]["seconds_per_epoch"] * measured[0]["settings"]["epochs"]
+                                          * measured[0]["folds"])
         if shared and name != baseline:
             row["difference"] = spread([seeds[s]["errors"] - base[s]["errors"] for s in shared])
             row["difference_tta"] = spread([seeds[s]["errors_tta"] - base[s]["errors_tta"] for s in shared])
@@ -293,11 +354,17 @@ def markdown(rows: list[dict], baseline: str | None) -> str:
         return f"{plus_minus(row[key], '+')} (n={row['shared_seeds']})" if row[key] else "-"
 
     against = f"`{baseline}`" if baseline else "the baseline"
-    table = [f"| recipe | seeds | errors | errors with TTA | s / epoch | training s | errors - {against} "
-             f"(paired) | with TTA - {against} (paired) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    def quiet(row: dict) -> str:
+        if row["quiet_seconds_per_epoch"] is None:
+            return "- | -"
+        return f"{row['quiet_seconds_per_epoch']:.2f} | {row['quiet_train_seconds']:.0f}"
+
+    table = [f"| recipe | seeds | errors | errors with TTA | s / epoch | training s | s / epoch, quiet | training s, "
+             f"quiet | errors - {against} (paired) | with TTA - {against} (paired) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     table += [f"| {row['recipe']} | {row['seeds']} | {plus_minus(row['errors'])} | {plus_minus(row['errors_tta'])} "
-              f"| {row['seconds_per_epoch']:.2f} | {row['train_seconds'][0]:.0f} | {paired(row, 'difference')} "
-              f"| {paired(row, 'difference_tta')} |" for row in rows]
+              f"| {row['seconds_per_epoch']:.2f} | {row['train_seconds'][0]:.0f} | {quiet(row)} "
+              f"| {paired(row, 'difference')} | {paired(row, 'difference_tta')} |" for row in rows]
     return "\n".join(table)
 
 
@@ -309,15 +376,17 @@ def plot(rows: list[dict], baseline: str | None, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
+    quiet = all(row["quiet_train_seconds"] is not None for row in rows)
     for row in rows:
         is_base = row["recipe"] == baseline
-        (x, x_sd), (y, y_sd) = row["train_seconds"], row["errors"]
+        (x, x_sd), (y, y_sd) = (row["quiet_train_seconds"], None) if quiet else row["train_seconds"], row["errors"]
         ax.errorbar(x, y, xerr=x_sd or 0, yerr=y_sd or 0, fmt="*" if is_base else "o", markersize=12 if is_base else 6,
                     color="C3" if is_base else "C0", capsize=3)
         label = row["recipe"] + (" (baseline)" if is_base and row["recipe"] != "baseline" else "")
         ax.annotate(label, (x, y), textcoords="offset points",
                     xytext=(6, 6), fontsize=8)
-    ax.set_xlabel("training seconds per seed (all folds), mean over seeds")
+    ax.set_xlabel("training seconds of all folds, " + ("nothing else running (--time)" if quiet else
+                                                        "mean over seeds (the machine may have been shared)"))
     ax.set_ylabel("out-of-fold errors, mean ± sd over seeds")
     ax.grid(alpha=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -336,7 +405,7 @@ def show_table(args: argparse.Namespace) -> None:
         raise HarnessError(f"{args.results}: no recipe '{args.baseline}' (--baseline); "
                            f"known: {', '.join(sorted(names))}")
     baseline = args.baseline or ("baseline" if "baseline" in names else None)
-    rows = summarise(lines, baseline)
+    rows = summarise(lines, baseline, read_timings(args.timings))
     print(markdown(rows, baseline))
     if args.figure:
         plot(rows, baseline, args.figure)
@@ -365,6 +434,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/recipes"), help="folder of the run directories")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/recipes.jsonl"),
                         help="JSON lines file the results are appended to, and --table reads")
+    parser.add_argument("--time", action="store_true",
+                        help="time one epoch of each recipe (nothing else should run) instead of training folds")
+    parser.add_argument("--timings", type=Path, default=Path("benchmarks/results/recipes_time.jsonl"),
+                        help="JSON lines file --time appends to and --table reads")
     parser.add_argument("--table", action="store_true", help="print the results file's table instead of training")
     parser.add_argument("--baseline", help="recipe the table's paired differences are against (default: baseline)")
     parser.add_argument("--figure", type=Path, help="with --table: also write a PNG of errors against seconds")
@@ -372,7 +445,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.table and args.recipes:
         parser.error("--table reads the results file; give no recipes with it")
     if not args.table and not args.recipes:
-        parser.error("give recipe files to train, or --table")
+        parser.error("give recipe files to train or --time, or --table")
+    if args.table and args.time:
+        parser.error("--time and --table are separate steps")
     if not args.table and (args.figure or args.baseline):
         parser.error("--figure and --baseline go with --table")
     return args
@@ -383,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.table:
             show_table(args)
+        elif args.time:
+            time_recipes(args)
         else:
             train_recipes(args)
     except (HarnessError, InputError) as err:  # InputError: the project's own one-line faults (data, run dirs)

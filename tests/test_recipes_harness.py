@@ -84,13 +84,33 @@ def test_harness_measures_resumes_and_tabulates(harness, setup, monkeypatch, cap
     assert not any(line["trained_here"] for line in again)
 
     capsys.readouterr()
-    figure = tmp_path / "f.png"
-    assert harness.main(["--table", "--results", str(results), "--baseline", "small", "--figure", str(figure)]) == 0
+    figure, timings = tmp_path / "f.png", tmp_path / "r" / "time.jsonl"
+    table_args = ["--table", "--results", str(results), "--timings", str(timings), "--baseline", "small"]
+    assert harness.main([*table_args, "--figure", str(figure)]) == 0
     table = capsys.readouterr().out.splitlines()
     assert len(table) == 4 and table[2].startswith("| small |") and table[3].startswith("| smaller_batch |")
     difference = again[1]["errors"] - again[0]["errors"]
     assert "| baseline |" in table[2] and f"{difference:+.1f} (n=1)" in table[3]
+    assert "| - | - |" in table[2]  # no quiet timing yet
     assert figure.read_bytes().startswith(b"\x89PNG")
+
+    # --time: one epoch of each recipe on a fold's worth of rows, one line each; the table then shows them, with
+    # the quiet training seconds of all folds (seconds per epoch x epochs x folds).
+    recipe_files = args[:2]
+    assert harness.main([*recipe_files, "--time", "--folds", "2", "--data-dir", args[args.index("--data-dir") + 1],
+                         "--timings", str(timings)]) == 0
+    timed = lines(timings)
+    assert [line["recipe"] for line in timed] == ["small", "smaller_batch"]
+    assert all(line["benchmark"] == "recipes_time" and line["rows"] == ROWS // 2 and line["seconds_per_epoch"] > 0
+               for line in timed)
+    for line in timed:
+        line["busy"] = False  # whatever else ran while the tests did, the table takes these as quiet
+    timings.write_text("".join(json.dumps(line) + "\n" for line in timed))
+    capsys.readouterr()
+    assert harness.main(table_args) == 0
+    row = capsys.readouterr().out.splitlines()[3].split("|")
+    assert float(row[7]) == pytest.approx(timed[1]["seconds_per_epoch"], abs=0.01)
+    assert float(row[8]) == pytest.approx(timed[1]["seconds_per_epoch"] * 1 * 2, abs=1)  # 1 epoch x 2 folds
 
 
 def test_bad_recipe_is_refused_before_training(harness, setup, monkeypatch, capsys):
