@@ -10,12 +10,12 @@ import torch
 from conftest import tiny as shared_tiny
 from torch import nn
 
+import digit_recognizer.hardware as hardware
 import digit_recognizer.train as train_module
 from digit_recognizer.config import TrainConfig
 from digit_recognizer.data import Digits
 from digit_recognizer.models import build_network
 from digit_recognizer.train import (
-    autocast_bf16,
     build,
     fit,
     make_optimizer,
@@ -36,14 +36,40 @@ def digits(embedded) -> tuple[Digits, Digits]:
     return Digits(train.images[:256], train.labels[:256]), Digits(train.images[256:320], train.labels[256:320])
 
 
+BF16, FP16 = torch.bfloat16, torch.float16
+
+
 @pytest.mark.parametrize("precision, device, native, expected", [
-    ("auto", "cpu", True, False), ("auto", "cuda", False, True),      # today's behaviour: bf16 on CUDA only
-    ("native", "cpu", True, True), ("native", "cpu", False, False), ("native", "cuda", False, True),
-    ("bf16", "cpu", False, True), ("fp32", "cuda", True, False),
+    ("auto", "cpu", True, None), ("auto", "cuda", True, BF16), ("auto", "cuda", False, FP16),
+    ("native", "cpu", True, BF16), ("native", "cpu", False, None), ("native", "cuda", True, BF16),
+    ("native", "cuda", False, FP16), ("bf16", "cpu", False, BF16), ("bf16", "cuda", False, BF16),
+    ("fp32", "cuda", True, None), ("fp32", "cpu", True, None),
 ])
-def test_precision_picks_bfloat16_by_the_hardware_unless_forced(precision, device, native, expected, monkeypatch):
-    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: native)
-    assert autocast_bf16(precision, torch.device(device)) is expected
+def test_precision_picks_the_autocast_dtype_by_the_hardware_unless_forced(precision, device, native, expected,
+                                                                          monkeypatch):
+    """bfloat16 where the hardware has it (a CPU with AVX512-BF16 or AMX when asked for "native"; a GPU of compute
+    capability 8 or later), float16 on older GPUs (P100, T4), float32 on a CPU by default."""
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(hardware, "cuda_has_bf16", lambda device: native)
+    assert hardware.autocast_dtype(precision, torch.device(device)) is expected
+
+
+def test_float16_training_scales_the_loss_and_checkpoints_the_scale(digits, monkeypatch):
+    """Where float16 is the autocast dtype (older GPUs), training goes through a gradient scaler, whose state
+    travels in the checkpoint; Muon, whose momentum the scaler cannot unscale, is refused before training.
+    Simulated on the CPU: the dtype choice is forced, and the scaler runs disabled there."""
+    monkeypatch.setattr(train_module, "autocast_dtype", lambda precision, device: FP16)
+    training = build("fast", tiny(), torch.device("cpu"), steps_per_epoch=8)
+    assert isinstance(training.scaler, torch.amp.GradScaler) and "scaler" in training.state(torch.device("cpu"))
+    with pytest.raises(ValueError, match="muon_lr needs bfloat16 or float32"):
+        build("fast", tiny(muon_lr=0.05), torch.device("cpu"), steps_per_epoch=8)
+    steps = []
+    real_step = torch.amp.GradScaler.step
+    monkeypatch.setattr(torch.amp.GradScaler, "step", lambda self, *a, **k: steps.append(1) or real_step(self, *a, **k))
+    _, history = fit("fast", tiny(), *digits, torch.device("cpu"), progress=False)
+    assert len(steps) == 2 * 8 and history[-1]["loss"] < history[0]["loss"]  # every step through the scaler
+    monkeypatch.setattr(train_module, "autocast_dtype", lambda precision, device: None)
+    assert build("fast", tiny(), torch.device("cpu"), steps_per_epoch=8).scaler is None
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])

@@ -55,8 +55,9 @@ class TrainConfig:
     lr_factor: float = 0.5
     lr_patience: int = 3
     min_lr: float = 1e-5
-    # Arithmetic: "auto" is bfloat16 autocast on CUDA and float32 on a CPU; "native" is bfloat16 wherever the
-    # hardware computes it natively (CUDA, or a CPU with AVX512-BF16 or AMX), else float32; "bf16", "fp32" force.
+    # Arithmetic (hardware.autocast_dtype): "auto" is half precision on a GPU (bfloat16 where the card has it,
+    # else float16 with a loss scale) and float32 on a CPU; "native" also picks bfloat16 on a CPU that computes it
+    # natively (AVX512-BF16 or AMX); "bf16", "fp32" force.
     precision: str = "auto"
     # Initialisation: "dirac" starts every convolution with as many channels out as in (the second of each pair)
     # as the identity, so that each pair starts as one convolution.

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import N_CLASSES, SIDE
+from .hardware import autocast_dtype
 from .models import to_input
 
 # Test-time augmentation: the identity plus one-pixel shifts in the four directions.
@@ -35,6 +36,7 @@ def network_proba(
     device = torch.device(device)
     batch_size = batch_size or (4096 if device.type == "cuda" else 256)
     shifts = TTA_SHIFTS if tta else TTA_SHIFTS[:1]
+    dtype = autocast_dtype("auto", device)  # a GPU's half precision; float32 on a CPU
     pixels = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
     out = np.zeros((len(images), N_CLASSES), dtype=np.float32)
     for start in range(0, len(pixels), batch_size):
@@ -42,7 +44,7 @@ def network_proba(
         total = torch.zeros((len(x), N_CLASSES), device=device)
         for dy, dx in shifts:
             batch = (shifted(x, dy, dx) if (dy, dx) != (0, 0) else x).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 logits = network(batch)
             total += torch.softmax(logits.float(), dim=1)
         out[start:start + len(x)] = (total / len(shifts)).cpu().numpy()

@@ -13,7 +13,6 @@ continues from the last finished epoch to the same result.
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
 import time
@@ -33,6 +32,7 @@ from .console import format_duration, show_bars
 from .data import Digits
 from .errors import InputError, TrainingDiverged, first_line
 from .evaluate import log_loss, network_proba
+from .hardware import autocast_dtype
 from .models import build_network, to_input
 
 CHANCE = 0.2  # a final validation accuracy at or below this is reported as a failed training
@@ -170,6 +170,7 @@ class Training:
     averaged: AveragedModel | None  # an exponential moving average of the weights (cfg.ema), or None
     generator: torch.Generator      # shuffling and augmentation, on the training device
     history: list[dict]
+    scaler: torch.amp.GradScaler | None = None  # float16 training (GPUs without bfloat16): the loss scale
 
     def state(self, device: torch.device) -> dict:
         state = {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -179,6 +180,8 @@ class Training:
             state["cuda_rng"] = torch.cuda.get_rng_state(device)
         if self.averaged is not None:
             state["averaged"] = self.averaged.state_dict()
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
         return state
 
 
@@ -192,8 +195,13 @@ def build(method: str, cfg: TrainConfig, device: torch.device, steps_per_epoch: 
     network = network.to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, network)
     averaged = AveragedModel(network, avg_fn=_ema_with_warmup(cfg.ema)) if cfg.ema else None
+    scaler = None
+    if autocast_dtype(cfg.precision, device) == torch.float16:  # float16's range needs the loss scaled
+        if cfg.muon_lr:  # the scaler unscales SGD's gradients only; Muon's momentum would mix scales
+            raise ValueError("muon_lr needs bfloat16 or float32, and this GPU has no bfloat16: add --precision fp32")
+        scaler = torch.amp.GradScaler(device.type)
     return Training(network, optimizer, make_schedule(cfg, optimizer, steps_per_epoch), averaged,
-                    torch.Generator(device=device).manual_seed(cfg.seed), [])
+                    torch.Generator(device=device).manual_seed(cfg.seed), [], scaler)
 
 
 def prepare(network: nn.Module, cfg: TrainConfig, pixels: torch.Tensor | None = None) -> None:
@@ -235,25 +243,6 @@ def whitening_filters(pixels: torch.Tensor, pairs: int, size: int, limit: int = 
     return torch.cat([main, -main]).float()
 
 
-def autocast_bf16(precision: str, device: torch.device) -> bool:
-    """Whether training runs under bfloat16 autocast (see TrainConfig.precision)."""
-    if precision == "native":
-        return device.type == "cuda" or cpu_has_bf16()
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
-
-
-@functools.cache  # asked every epoch; the CPU does not change
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX): there, autocast to it speeds training
-    up (1.5-1.7x measured on a 2-core AMD EPYC); on others it slows it down."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            flags = next((line for line in handle if line.startswith("flags")), "").split()
-    except OSError:  # not Linux: no way to tell, so no
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resume(training: Training, saved: dict, cfg: TrainConfig, device: torch.device) -> None:
     """Restore a checkpoint's state into ``training``. A checkpoint is input like any file: a missing entry,
     weights of another shape or a history that is not one of fewer epochs than asked raises."""
@@ -268,6 +257,8 @@ def resume(training: Training, saved: dict, cfg: TrainConfig, device: torch.devi
     training.network.load_state_dict(saved["network"])
     if training.averaged is not None:
         training.averaged.load_state_dict(saved["averaged"])
+    if training.scaler is not None and "scaler" in saved:
+        training.scaler.load_state_dict(saved["scaler"])
     training.optimizer.load_state_dict(saved["optimizer"])
     training.scheduler.load_state_dict(saved["scheduler"])
     training.generator.set_state(saved["generator"])
@@ -286,7 +277,7 @@ def train_epoch(training: Training, cfg: TrainConfig, pixels: torch.Tensor, labe
     non-finite loss or non-finite weights."""
     network, optimizer, scheduler = training.network, training.optimizer, training.scheduler
     device = pixels.device
-    bf16 = autocast_bf16(cfg.precision, device)
+    dtype = autocast_dtype(cfg.precision, device)
     started = time.perf_counter()
     network.train()
     n_batches = -(-len(pixels) // cfg.batch_size)
@@ -306,12 +297,17 @@ def train_epoch(training: Training, cfg: TrainConfig, pixels: torch.Tensor, labe
         if cfg.augment:
             x = random_affine(x, cfg.rotation, cfg.zoom, cfg.shift, generator=training.generator)
         x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             logits = network(x)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if training.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # a step whose scaled gradients overflowed is skipped, and the scale lowered
+            training.scaler.scale(loss).backward()
+            training.scaler.step(optimizer)
+            training.scaler.update()
         if cfg.schedule != "plateau":
             scheduler.step()
         if training.averaged is not None:
