@@ -18,6 +18,7 @@ import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import (
@@ -34,11 +35,14 @@ from .config import (
     is_device_name,
     method_config,
 )
-from .data import load_data, load_embedded, read_test, read_train, write_csv
+from .data import find_csv, load_data, load_embedded, read_row_numbers, read_test, read_train, write_csv
 from .errors import InputError, KaggleError, TrainingDiverged, UsageError
 from .files import STDOUT, check_path, check_writable, read_bounded, same_file
 from .rundir import RunDir
 from .submission import write_submission
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PROG = "digit-recognizer"
 
@@ -192,13 +196,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "first; needs the kaggle extra, credentials and Kaggle's 28,000 test images)")
     _add_output_flags(p, "run")
     _add_tensorboard_flag(p)
+    _add_exclude_flag(p)
     _add_config_flags(p)
 
     p = sub.add_parser("train", help="train and report, without predicting a test set")
     p.add_argument("--train", type=Path, help="Kaggle train.csv(.gz); default: the embedded digits")
     _add_output_flags(p, "run")
     _add_tensorboard_flag(p)
+    _add_exclude_flag(p)
     _add_config_flags(p)
+
+    p = sub.add_parser("audit", help="find the training rows whose label is probably wrong, from a K-fold run "
+                                     "(cleanlab; the audit extra)")
+    p.add_argument("--run", type=Path, required=True,
+                   help="run directory of a finished run made with --folds K (K of 2 or more)")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--data-dir", type=Path,
+                      help="folder with the train.csv(.gz) the run was trained on; default: the embedded digits")
+    data.add_argument("--train", type=Path, help="the train.csv(.gz) the run was trained on (a run made by "
+                                                 "'train --train FILE')")
 
     p = sub.add_parser("predict", help="write a submission for a test file with a trained run")
     source = p.add_mutually_exclusive_group(required=True)
@@ -270,6 +286,17 @@ def _add_tensorboard_flag(parser: argparse.ArgumentParser) -> None:
                              "(the tensorboard extra); changes no result")
 
 
+def _add_exclude_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--exclude-rows", type=Path, metavar="FILE",
+                        help="CSV file with a 'row' column (0-based data rows of train.csv; label_issues.csv of "
+                             "'audit' is one): never train on those rows, but score them like any other")
+
+
+def _excluded(path: Path | None, rows: int) -> np.ndarray | None:
+    """The rows ``--exclude-rows`` lists, checked against the ``rows`` of the training data, or None."""
+    return None if path is None else read_row_numbers(path, rows)
+
+
 def _say(quiet: bool, message: str) -> None:
     if not quiet:
         print(message, file=sys.stderr)
@@ -309,13 +336,14 @@ def cmd_run(args: argparse.Namespace) -> None:
     cfg, _ = _training_command(args)
     train, test, source = load_data(args.data_dir, test="required")
     _say(args.quiet, f"{PROG}: {len(train):,} training and {len(test):,} test images from {source}")
+    exclude = _excluded(args.exclude_rows, len(train))
     api = _kaggle_before_training(args.submit, len(test)) if args.submit is not None else None
     from .runs import run
 
     executor = _executor(args, cfg.device)
     with _closing(executor):
         metrics = run(train, test, args.out, args.model, cfg, not args.quiet, args.members, args.folds, args.tta,
-                      args.overwrite, executor, args.tensorboard)
+                      args.overwrite, executor, args.tensorboard, exclude)
     _report(metrics, args.out, with_submission=True)
     if api is not None:
         from .kaggle import submit
@@ -343,11 +371,28 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .runs import train_run
 
     train = load_embedded()[0] if args.train is None else read_train(args.train)
+    exclude = _excluded(args.exclude_rows, len(train))
     executor = _executor(args, cfg.device)
     with _closing(executor):
         metrics = train_run(train, args.out, args.model, cfg, not args.quiet, args.members, args.folds,
-                            args.overwrite, executor, args.tensorboard)
+                            args.overwrite, executor, args.tensorboard, exclude)
     _report(metrics, args.out, with_submission=False)
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    from .audit import audit, cleanlab_missing, read_run
+
+    if cleanlab_missing():
+        raise UsageError(cleanlab_missing())
+    read_run(args.run)  # a directory that is not a K-fold run is named before the data is read
+    if args.train is None and args.data_dir is None:
+        train, source = load_embedded()[0], "the embedded digits"
+    else:
+        path = args.train if args.train is not None else find_csv(args.data_dir, "train")
+        train, source = read_train(path), str(path)
+    issues = audit(args.run, train, source)
+    print(f"{PROG}: {len(issues):,} of {issues.rows_audited:,} training rows flagged as probably mislabelled; "
+          f"wrote {issues.table} (and the gallery in {args.run / 'report.html'})", file=sys.stderr)
 
 
 def _closing(executor: object):
@@ -544,7 +589,7 @@ def _warn_if_chance(accuracy: float, what: str) -> None:
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "predict": cmd_predict, "compare": cmd_compare,
             "serve": cmd_serve, "export": cmd_export, "sample-data": cmd_sample_data, "tune": cmd_tune,
-            "kaggle": cmd_kaggle}
+            "kaggle": cmd_kaggle, "audit": cmd_audit}
 
 
 def main(argv: list[str] | None = None) -> int:

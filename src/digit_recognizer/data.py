@@ -10,6 +10,8 @@ Windows line ends, blank lines and a UTF-8 byte-order mark are harmless and acce
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import zlib
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from .errors import DataError, first_line
-from .files import atomic_path
+from .files import atomic_path, read_bounded
 
 N_PIXELS = 784
 SIDE = 28
@@ -33,6 +35,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _HEADER_LIMIT = 1 << 16  # bytes; Kaggle's header is about 7 KB
 _LINE_END = re.compile(rb"\r|\n")
 _BYTE = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255 in plain digits
+_MAX_ROWS_FILE = 64 << 20  # bytes; a list of rows (label_issues.csv: a few dozen bytes a row) of any training set
 
 
 @dataclass
@@ -293,9 +296,14 @@ def split(digits: Digits, val_fraction: float, seed: int) -> tuple[Digits, Digit
 
 
 def split_indices(
-    labels: np.ndarray, folds: int, val_fraction: float, seed: int
+    labels: np.ndarray, folds: int, val_fraction: float, seed: int, exclude: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, held-out) index pairs: one stratified split when ``folds`` is 1, else stratified K folds."""
+    """(train, held-out) index pairs: one stratified split when ``folds`` is 1, else stratified K folds.
+
+    The rows in ``exclude`` are left out of every training part and stay in the held-out parts: the split itself
+    is the one made without them (same seed, same folds), so that a run excluding rows is scored on exactly the
+    rows of the run that did not.
+    """
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
     index = np.arange(len(labels))
@@ -304,5 +312,55 @@ def split_indices(
         counts = np.bincount(labels, minlength=N_CLASSES)
         stratify = labels if counts[counts > 0].min() >= 2 else None
         train, val = train_test_split(index, test_size=val_fraction, stratify=stratify, random_state=seed)
-        return [(train, val)]
-    return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(index, labels))
+        pairs = [(train, val)]
+    else:
+        pairs = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(index, labels))
+    if exclude is None or not len(exclude):
+        return pairs
+    # A mask, not setdiff1d: the training part keeps its order (the order the network meets its rows in).
+    return [(train[~np.isin(train, exclude)], held_out) for train, held_out in pairs]
+
+
+def read_row_numbers(path: str | Path, n_rows: int) -> np.ndarray:
+    """The training rows listed in the ``row`` column of a CSV file (0-based data rows of train.csv, as
+    ``label_issues.csv`` gives them; other columns are ignored), sorted.
+
+    Each value must be a whole number in 0 .. ``n_rows`` - 1, listed once; anything else raises DataError naming
+    the file, the line and the fault. A file with a header and no rows lists no row.
+    """
+    data = read_bounded(path, _MAX_ROWS_FILE, "a list of rows")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a CSV file (not UTF-8 text)") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    seen: dict[int, int] = {}  # row -> the line that listed it
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: file is empty; expected a CSV file with a 'row' column")
+        if header.count("row") != 1:
+            fault = "two 'row' columns" if "row" in header else f"no 'row' column (header: {_show(','.join(header))})"
+            raise DataError(f"{path}: line {reader.line_num}: {fault}")
+        column = header.index("row")
+        for fields in reader:
+            if not fields:  # a blank line
+                continue
+            line = reader.line_num
+            cell = fields[column] if column < len(fields) else ""
+            if not cell:
+                raise DataError(f"{path}: line {line}, column row: missing value")
+            if not cell.isascii() or not cell.isdigit():
+                raise DataError(f"{path}: line {line}, column row: {_show(cell)} is not a row number "
+                                "(a whole number from 0)")
+            row = int(cell) if len(cell.lstrip("0")) <= 18 else n_rows  # no 4,000-digit integers
+            if row >= n_rows:
+                raise DataError(f"{path}: line {line}, column row: row {_show(cell, quote=False)} is out of range; "
+                                f"the training data has {n_rows:,} rows (0 to {n_rows - 1:,})")
+            if row in seen:
+                raise DataError(f"{path}: line {line}, column row: row {row} is listed twice (first on line "
+                                f"{seen[row]})")
+            seen[row] = line
+    except csv.Error as err:
+        raise DataError(f"{path}: line {reader.line_num}: not a CSV file ({err})") from None
+    return np.array(sorted(seen), dtype=np.int64)

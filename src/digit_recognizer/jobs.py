@@ -14,6 +14,7 @@ import dataclasses
 import math
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -184,10 +185,44 @@ def check_split(labels: np.ndarray, folds: int, val_fraction: float) -> None:
                         f"{max(needed, 2)} (one per digit)")
 
 
-def single_job(method: str, cfg: TrainConfig, labels: np.ndarray) -> Job:
-    """The seed kernel's setting: one stratified validation split, which also steers the schedule."""
-    check_split(labels, 1, cfg.val_fraction)
-    train_rows, val_rows = split_indices(labels, 1, cfg.val_fraction, cfg.seed)[0]
+def excluded_rows(rows: Sequence[int] | np.ndarray | None, n_rows: int) -> np.ndarray:
+    """``rows`` (row indices to leave out of training, or None) as a sorted array of distinct indices; refuses
+    (DataError) anything else: the one check of an exclusion list, whoever made it."""
+    if rows is None:
+        return np.zeros(0, dtype=np.int64)
+    array = np.asarray(rows)
+    if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+        raise DataError("excluded rows: expected a list of row numbers")
+    if array.size and (array.min() < 0 or array.max() >= n_rows):
+        bad = array[(array < 0) | (array >= n_rows)][0]
+        raise DataError(f"excluded rows: row {bad} is out of range; the training data has {n_rows:,} rows")
+    unique = np.unique(array).astype(np.int64)
+    if len(unique) != len(array):
+        raise DataError("excluded rows: a row is listed twice")
+    return unique
+
+
+def _pairs(labels: np.ndarray, folds: int, val_fraction: float, seed: int,
+           exclude_rows: Sequence[int] | np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A plan's (train, scored) pairs, the excluded rows out of every training part (never out of a scored part);
+    refuses an exclusion that leaves a training part without a digit the data has."""
+    check_split(labels, folds, val_fraction)
+    exclude = excluded_rows(exclude_rows, len(labels))
+    pairs = split_indices(labels, folds, val_fraction, seed, exclude)
+    if len(exclude):
+        for k, (train_rows, _) in enumerate(pairs):
+            missing = np.setdiff1d(np.unique(labels), labels[train_rows])
+            if len(missing):
+                raise DataError(f"excluded rows: {len(exclude):,} rows excluded leave no row of digit {missing[0]} to "
+                                "train on" + (f" in fold {k}" if folds > 1 else ""))
+    return pairs
+
+
+def single_job(method: str, cfg: TrainConfig, labels: np.ndarray,
+               exclude_rows: Sequence[int] | np.ndarray | None = None) -> Job:
+    """The seed kernel's setting: one stratified validation split, which also steers the schedule. The
+    ``exclude_rows`` are never trained on; those in the validation split are scored."""
+    train_rows, val_rows = _pairs(labels, 1, cfg.val_fraction, cfg.seed, exclude_rows)[0]
     return Job("", method, cfg, train_rows, val_rows, schedule_on_scored=True)
 
 
@@ -195,15 +230,25 @@ def member_name(member: int, fold: int | None) -> str:
     return f"member{member}" + (f"-fold{fold}" if fold is not None else "")
 
 
-def ensemble_jobs(method: str, cfg: TrainConfig, labels: np.ndarray, members: int, folds: int) -> list[Job]:
-    """``members`` networks that differ by seed, each trained on every one of ``folds`` folds (one split if 1)."""
+def ensemble_jobs(method: str, cfg: TrainConfig, labels: np.ndarray, members: int, folds: int,
+                  exclude_rows: Sequence[int] | np.ndarray | None = None) -> list[Job]:
+    """``members`` networks that differ by seed, each trained on every one of ``folds`` folds (one split if 1).
+    The ``exclude_rows`` are in no job's training rows, and scored like any other row."""
     if members < 1:
         raise ValueError("members must be at least 1")
-    check_split(labels, folds, cfg.val_fraction)
-    pairs = split_indices(labels, folds, cfg.val_fraction, cfg.seed)
+    pairs = _pairs(labels, folds, cfg.val_fraction, cfg.seed, exclude_rows)
     return [Job(member_name(m, k if folds > 1 else None), method,
                 dataclasses.replace(cfg, seed=cfg.seed + 1000 * (m + 1)), train_rows, scored_rows, heldout_tta=True)
             for m in range(members) for k, (train_rows, scored_rows) in enumerate(pairs)]
+
+
+def plan_jobs(method: str, cfg: TrainConfig, labels: np.ndarray, members: int = 1, folds: int = 1,
+              exclude_rows: Sequence[int] | np.ndarray | None = None) -> list[Job]:
+    """The jobs of a run made by ``run`` or ``train``: one (a single run), or an ensemble's members x folds. The
+    run that trains them and every reader of its records (the label audit) plan them here, alike."""
+    if members != 1 or folds != 1:
+        return ensemble_jobs(method, cfg, labels, members, folds, exclude_rows)
+    return [single_job(method, cfg, labels, exclude_rows)]
 
 
 def compare_jobs(methods: list[str], labels: np.ndarray, folds: int, val_fraction: float, seed: int,

@@ -2,8 +2,9 @@
 
 :func:`render_report` builds one self-contained page from what a run directory holds: the settings
 (``run.json``), the metrics (``metrics.json``, per-class accuracy included), the learning curves, the confusion
-matrix and the most confident errors (its PNG figures, inlined as ``data:`` URIs), and for an ensemble the
-members' table. The page loads nothing from anywhere: no scripts, no fonts, no links off the page.
+matrix and the most confident errors (its PNG figures, inlined as ``data:`` URIs), for an ensemble the
+members' table, and once the run has been audited (:mod:`digit_recognizer.audit`) the gallery of the rows whose
+label is probably wrong. The page loads nothing from anywhere: no scripts, no fonts, no links off the page.
 
 It is written through :class:`~digit_recognizer.rundir.RunDir`, the only writer of a run directory.
 """
@@ -14,7 +15,7 @@ import base64
 import math
 from html import escape
 
-from .rundir import CONFUSION_FILE, CURVES_FILE, ERRORS_FILE, RunDir
+from .rundir import CONFUSION_FILE, CURVES_FILE, ERRORS_FILE, LABEL_ISSUES_FIGURE, LABEL_ISSUES_TABLE, RunDir
 
 # --- report.html ---------------------------------------------------------------------------------------------
 
@@ -74,6 +75,11 @@ def render_report(run_dir: RunDir) -> str:
         ("per-class", "Per-class accuracy", _per_class(metrics.get("per_class"), scored)),
         ("errors", "Most confident errors", _figure(run_dir.read_figure(ERRORS_FILE), "Most confident errors",
                                                     f"The digits of {scored} the model gets most confidently wrong")),
+        ("label-issues", "Probably mislabelled rows", _figure(
+            run_dir.read_figure(LABEL_ISSUES_FIGURE), "Training rows whose label is probably wrong",
+            "Training rows whose given label is probably wrong (cleanlab's confident learning on the out-of-fold "
+            "probabilities), most likely wrong first: the row of train.csv (0-based, header not counted), the "
+            f"given label and the suggested one. Every flagged row is listed in {LABEL_ISSUES_TABLE}.")),
     ]
     if ensemble:
         sections.append(("members", "Members", _table(metrics.get("table", []),
@@ -135,6 +141,8 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 def _settings(what: dict) -> str:
     run = {key: what[key] for key in ("kind", "method", "members", "folds", "data", "version") if key in what}
+    if isinstance(what.get("exclude_rows"), list):
+        run["excluded rows (never trained on)"] = len(what["exclude_rows"])
     return f'<div class="cols"><div>{_key_values(run)}</div><div>{_key_values(what.get("train", {}))}</div></div>'
 
 

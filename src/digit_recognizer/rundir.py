@@ -1,10 +1,11 @@
 """The run directory: its layout, what made it, and the only code that writes into it.
 
 A run directory holds ``run.json`` (what made it: the kind of run, the method, its settings, the ensemble's
-size and a digest of the training data), the outputs of the run (``metrics.json``, figures, ``report.html``,
-``submission.csv``, ``comparison.csv``, and with ``--tensorboard`` the event files under ``tensorboard/``) and
-one record per training job: a single run's job at the top, the jobs of an ensemble
-or a comparison under ``jobs/<name>/``. A job's record is ``config.json`` (method and settings), its model
+size, a digest of the training data and the rows left out of training, if any), the outputs of the run
+(``metrics.json``, figures, ``report.html``, ``submission.csv``, ``comparison.csv``, with ``--tensorboard`` the
+event files under ``tensorboard/``, and the label audit's ``label_issues.csv`` and ``label_issues.png``) and one
+record per training job: a single run's job at the top, the jobs of an ensemble or a comparison under
+``jobs/<name>/``. A job's record is ``config.json`` (method and settings), its model
 (``model.safetensors`` or ``model.skops``) where kept, ``history.csv`` (networks), ``heldout.npz`` (held-out
 probabilities) and, written last, ``job.json``: a job whose ``job.json`` exists has finished.
 
@@ -56,6 +57,9 @@ SUBMISSIONS_DIR = "submissions"
 JOBS_DIR = "jobs"
 REPORT_FILE = "report.html"
 TENSORBOARD_DIR = "tensorboard"  # one TensorBoard run per job (tensorboard/<job>/) and one for the run (run/)
+# The label audit of a K-fold run (audit.py)
+LABEL_ISSUES_TABLE = "label_issues.csv"
+LABEL_ISSUES_FIGURE = "label_issues.png"
 # A hyper-parameter search (tune.py)
 STUDY_FILE = "study.db"
 TRIALS_TABLE = "trials.csv"
@@ -79,7 +83,7 @@ RUN_FILES = (MANIFEST_FILE, METRICS_FILE, SUBMISSION_FILE, CURVES_FILE, CONFUSIO
              COMPARISON_TABLE, COMPARISON_FIGURE, CONFIG_FILE, WEIGHTS_FILE, SKOPS_FILE, HISTORY_FILE,
              HELDOUT_FILE, JOB_FILE, CHECKPOINT_FILE, SUBMISSIONS_DIR, JOBS_DIR, STUDY_FILE, f"{STUDY_FILE}-journal",
              TRIALS_TABLE, BEST_CONFIG, BEST_COMMAND, SEARCH_HISTORY_FIGURE, SEARCH_IMPORTANCES_FIGURE, REPORT_FILE,
-             TENSORBOARD_DIR)
+             TENSORBOARD_DIR, LABEL_ISSUES_TABLE, LABEL_ISSUES_FIGURE)
 FILES = "files"  # run.json's list of every file the run has written, relative to the directory
 KINDS = ("single", "ensemble", "compare", "tune")
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "images_per_second",
@@ -490,5 +494,7 @@ def _differences(old: dict, new: dict) -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             changed += [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         elif a != b:
-            changed.append(f"{key} {a!r} -> {b!r}" if key not in ("data", "test_data") else f"other {key}")
+            # Data and row lists by name only: their values are digests or thousands of numbers.
+            changed.append(f"{key} {a!r} -> {b!r}" if key not in ("data", "test_data", "exclude_rows")
+                           else f"other {key}")
     return changed

@@ -10,10 +10,14 @@ given.
 - An ensemble trains ``members`` networks (on each of ``folds`` folds) and reports each member's and the
   average's accuracy on rows none of them trained on: out of fold on every row with K folds.
 - A comparison fits each method on the same split (or the same folds) and tabulates accuracy and time.
+
+A single run or an ensemble can leave rows out of training (``exclude_rows``, ``--exclude-rows``): they leave every
+training part and stay in every scored part, so that the scores still cover them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +28,7 @@ from .config import METHOD_NAMES, METHODS, TrainConfig, check_method, choose, me
 from .data import Digits
 from .evaluate import accuracy, confident_errors, log_loss
 from .execute import Executor, InProcess, run_jobs
-from .jobs import Job, JobRecord, compare_jobs, ensemble_jobs, single_job
+from .jobs import Job, JobRecord, compare_jobs, excluded_rows, plan_jobs
 from .loading import load_model
 from .methods import estimator_proba, make_estimator
 from .plots import plot_comparison, plot_confusion, plot_curves, plot_errors, plot_member_curves
@@ -45,7 +49,7 @@ from .rundir import (
 def train_run(
     digits: Digits, out: str | Path, method: str = "cnn", cfg: TrainConfig | None = None, progress: bool = True,
     members: int = 1, folds: int = 1, overwrite: bool = False, executor: Executor | None = None,
-    tensorboard: bool = False,
+    tensorboard: bool = False, exclude_rows: Sequence[int] | np.ndarray | None = None,
 ) -> dict:
     """Train ``method`` into the run directory ``out`` and report; returns the metrics (also ``metrics.json``).
 
@@ -53,20 +57,23 @@ def train_run(
     settings). ``members`` > 1 or ``folds`` > 1 train an ensemble of networks. ``executor`` runs the jobs
     (default: one after another in this process, on ``cfg.device``). ``tensorboard`` also logs each job, and
     the run, to TensorBoard under ``out/tensorboard/`` (it changes no result: a run resumes with or without it).
-    ``report.html`` is written last.
+    ``exclude_rows`` (0-based row indices of ``digits``) are never trained on but still scored; they are part of
+    what identifies the run. ``report.html`` is written last.
     """
-    return _train(RunDir(out), digits, method, cfg, progress, members, folds, overwrite, executor, tensorboard)
+    return _train(RunDir(out), digits, method, cfg, progress, members, folds, overwrite, executor, tensorboard,
+                  exclude_rows)
 
 
 def run(
     train: Digits, test: Digits, out: str | Path, method: str = "cnn", cfg: TrainConfig | None = None,
     progress: bool = True, members: int = 1, folds: int = 1, tta: bool = False, overwrite: bool = False,
-    executor: Executor | None = None, tensorboard: bool = False,
+    executor: Executor | None = None, tensorboard: bool = False, exclude_rows: Sequence[int] | np.ndarray | None = None,
 ) -> dict:
     """:func:`train_run`, then predict ``test`` with the run's model(s) and write ``out/submission.csv``."""
     run_dir = RunDir(out)
     cfg = cfg or method_config(method)
-    metrics = _train(run_dir, train, method, cfg, progress, members, folds, overwrite, executor, tensorboard)
+    metrics = _train(run_dir, train, method, cfg, progress, members, folds, overwrite, executor, tensorboard,
+                     exclude_rows)
     # The model is read back from its files: the jobs of a resumed run were trained by another process.
     model = load_model(run_dir.path, device=cfg.device, tta=tta)
     run_dir.write_submission(estimator_proba(model, test.images).argmax(1))
@@ -74,20 +81,22 @@ def run(
 
 
 def _train(run_dir: RunDir, digits: Digits, method: str, cfg: TrainConfig | None, progress: bool, members: int,
-           folds: int, overwrite: bool, executor: Executor | None, tensorboard: bool) -> dict:
+           folds: int, overwrite: bool, executor: Executor | None, tensorboard: bool,
+           exclude_rows: Sequence[int] | np.ndarray | None = None) -> dict:
     cfg = cfg or method_config(method)
     cfg.validate()
     if tensorboard and events.tensorboard_missing():
         raise ImportError(events.tensorboard_missing())
     choose(None, method, members, folds, "cpu")  # the rule of what can be trained, in one place
     ensemble = members != 1 or folds != 1
-    if ensemble:
-        jobs = ensemble_jobs(method, cfg, digits.labels, members, folds)
-    else:
-        jobs = [single_job(method, cfg, digits.labels)]
+    jobs = plan_jobs(method, cfg, digits.labels, members, folds, exclude_rows)
+    excluded = excluded_rows(exclude_rows, len(digits)).tolist()
     executor = executor or InProcess(cfg.device)
+    # The excluded rows decide every job's training rows: a run without any records none (so a run made before
+    # exclusions existed resumes), and another list is other settings.
     run_dir.start(manifest("ensemble" if ensemble else "single", [job.name for job in jobs if job.name],
-                           method=method, train=cfg, members=members, folds=folds, data=digest(digits)), overwrite)
+                           method=method, train=cfg, members=members, folds=folds, data=digest(digits),
+                           **({"exclude_rows": excluded} if excluded else {})), overwrite)
 
     def log_events(job: Job, record: JobRecord) -> None:
         events.write_job_events(run_dir, job, record.history, record.summary.accuracy)
@@ -102,6 +111,8 @@ def _train(run_dir: RunDir, digits: Digits, method: str, cfg: TrainConfig | None
         metrics = _report_ensemble(run_dir, digits, list(records.values()), members, folds)
     else:
         metrics = _report_single(run_dir, digits, records[""], method)
+    if excluded:
+        metrics["excluded_rows"] = len(excluded)  # never trained on, scored all the same
     metrics["execution"] = {**executor.execution(), "jobs": [
         {"name": r.summary.name, "where": r.summary.where, "device": r.summary.device, "seconds": r.summary.seconds}
         for r in records.values()]}

@@ -1,0 +1,221 @@
+"""The label audit: the training rows whose label is probably wrong, found from a finished K-fold run.
+
+A K-fold run (``run --folds K``) has scored every training row with networks that never trained on it. Confident
+learning (cleanlab's ``find_label_issues``) compares those out-of-fold probabilities with the given labels, class
+by class, and flags the rows whose label the networks confidently disagree with. Each flagged row comes with the
+label the networks suggest (the most probable digit) and cleanlab's label quality score of the given label
+(``given_label_quality``, 0-1: the probability the networks give the given label; lower = more likely wrong).
+The probabilities are those the run's report scores: the mean over the members, with test-time augmentation.
+
+The run is read back like any input: ``run.json`` checked, its jobs planned again exactly as the run planned them
+(:func:`~digit_recognizer.jobs.plan_jobs`, its excluded rows included), each job's record read through
+:meth:`~digit_recognizer.rundir.RunDir.read_job` (its rows and probabilities checked against the job), and the
+training data must be the run's own (its digest). Only then is anything written, through the run directory:
+``label_issues.csv``, ``label_issues.png`` (the gallery ``report.html`` shows) and ``report.html`` again, each
+recorded in ``run.json``'s files, so that ``--overwrite`` removes them with the run.
+
+cleanlab is an optional extra (``pip install "digit-recognizer[audit]"``), imported only when an audit runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .config import TrainConfig, check_method, completed
+from .data import SIDE, Digits
+from .errors import DataError, RunDirError, first_line
+from .jobs import plan_jobs
+from .report import render_report
+from .rundir import HELDOUT_FILE, LABEL_ISSUES_FIGURE, LABEL_ISSUES_TABLE, MANIFEST_FILE, RunDir, digest
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+CLEANLAB_MISSING = ('the label audit needs cleanlab: pip install "digit-recognizer[audit]" '
+                    "(or pip install -e '.[audit]' in a checkout)")
+# cleanlab's default score: the probability the out-of-fold networks give the given label. The same score ranks
+# the flagged rows and fills the table, so that the table's order is its column's.
+QUALITY_METHOD = "self_confidence"
+TABLE_COLUMNS = ("row", "given_label", "suggested_label", "given_label_quality")
+GALLERY = 24  # flagged rows the report shows (label_issues.csv lists them all)
+_SUM_TOLERANCE = 1e-3  # a row of float32 probabilities sums to 1 within far less
+
+
+@dataclass(frozen=True)
+class LabelIssues:
+    """The training rows whose label is probably wrong, most likely wrong first; one entry per row in each
+    array."""
+
+    rows: np.ndarray       # 0-based data rows of train.csv (the header is not a row)
+    given: np.ndarray      # the label train.csv gives the row
+    suggested: np.ndarray  # the digit the out-of-fold probabilities favour
+    quality: np.ndarray    # cleanlab's label quality score of the given label, 0-1; lower = more likely wrong
+    rows_audited: int      # every row of the training data was scored and considered
+    table: Path | None = None  # label_issues.csv, once written
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def frame(self) -> pd.DataFrame:
+        """The rows as ``label_issues.csv`` holds them."""
+        import pandas as pd
+
+        return pd.DataFrame(dict(zip(TABLE_COLUMNS, (self.rows, self.given, self.suggested, self.quality.round(6)),
+                                     strict=True)))
+
+
+@dataclass(frozen=True)
+class KFoldRun:
+    """What ``run.json`` says made a K-fold run, every value checked."""
+
+    path: Path
+    method: str
+    cfg: TrainConfig
+    members: int
+    folds: int
+    exclude_rows: list[int]
+    data: str              # the digest of the training data
+    jobs: list[str]
+
+
+def cleanlab_missing() -> str | None:
+    """The install line when cleanlab cannot be imported, else None (a check that imports nothing)."""
+    return CLEANLAB_MISSING if importlib.util.find_spec("cleanlab") is None else None
+
+
+def read_run(path: str | Path) -> KFoldRun:
+    """The K-fold run in ``path``, from its ``run.json``; refuses (RunDirError naming the file) a directory that is
+    not a run, and a run that did not score every training row out of fold."""
+    run_dir = RunDir(path)
+    what = run_dir.read_manifest()
+    where = run_dir.path / MANIFEST_FILE
+    folds = what.get("folds")
+    if what["kind"] != "ensemble" or not _whole(folds) or folds < 2:
+        made = {"single": "a single run, scored on one validation split: the audit needs every training row scored "
+                          "out of fold",
+                "ensemble": f"an ensemble scored on one validation split (folds {str(folds)[:20]}): the audit needs "
+                            "every training row scored out of fold",
+                "compare": "a comparison of methods, not a run made by 'run' or 'train'",
+                "tune": "a search of settings, not a run made by 'run' or 'train'"}[what["kind"]]
+        raise RunDirError(f"{where}: {made}; audit a run made with --folds K (K of 2 or more)")
+    method, members, train = what.get("method"), what.get("members"), what.get("train")
+    try:
+        if not isinstance(method, str) or not check_method(method).network:
+            raise ValueError(f"'method' must name a network, got {str(method)[:40]!r}")
+        if not _whole(members) or members < 1 or members * folds != len(what["jobs"]):
+            raise ValueError(f"'members' ({str(members)[:20]}) x 'folds' ({folds}) must be its number of jobs "
+                             f"({len(what['jobs'])})")
+        if not isinstance(train, dict):
+            raise ValueError("'train' must be a table of settings")
+        cfg = TrainConfig.from_dict(completed(train), "'train'")
+        cfg.validate()
+        exclude = what.get("exclude_rows", [])
+        if not isinstance(exclude, list) or not all(_whole(row) for row in exclude):
+            raise ValueError("'exclude_rows' must be a list of row numbers")
+        if not isinstance(what.get("data"), str):
+            raise ValueError("'data' must be the digest of the training data")
+    except ValueError as err:
+        raise RunDirError(f"{where}: {first_line(err)}") from None
+    return KFoldRun(run_dir.path, method, cfg, members, folds, exclude, what["data"], what["jobs"])
+
+
+def out_of_fold_proba(run: KFoldRun, digits: Digits, source: str = "the training data") -> np.ndarray:
+    """Every training row's probabilities ``(n, 10)``, out of fold: the mean over the run's members (with
+    test-time augmentation) of the fold that did not train on the row. ``digits`` must be the run's training data
+    (``source`` names it in the message when it is not); every record is checked as it is read."""
+    run_dir, where = RunDir(run.path), run.path / MANIFEST_FILE
+    if digest(digits) != run.data:
+        raise DataError(f"{source}: not the training data of the run in {run.path} (its digest is {digest(digits)}, "
+                        f"run.json records {run.data}); give the train.csv the run was trained on")
+    try:
+        jobs = plan_jobs(run.method, run.cfg, digits.labels, run.members, run.folds, run.exclude_rows)
+    except ValueError as err:  # an exclusion list out of range, say
+        raise RunDirError(f"{where}: {first_line(err)}") from None
+    if [job.name for job in jobs] != run.jobs:
+        raise RunDirError(f"{where}: 'jobs' are not the jobs of its members and folds")
+    unfinished = [job.name for job in jobs if not run_dir.finished(job.name)]
+    if unfinished:
+        raise RunDirError(f"{run.path}: unfinished ({len(jobs) - len(unfinished)} of {len(jobs)} jobs done, "
+                          f"{unfinished[0]} not); run the same command again to finish it, then audit it")
+    proba = np.zeros((run.members, len(digits), 10))
+    for i, job in enumerate(jobs):  # planned member by member, fold by fold
+        record = run_dir.read_job(job)  # its rows, and probabilities of the right shape, 0-1 and finite
+        if not np.allclose(record.proba_tta.sum(1), 1, atol=_SUM_TOLERANCE):
+            raise RunDirError(f"{run_dir.job_dir(job.name) / HELDOUT_FILE}: 'proba_tta' rows must each sum to 1 "
+                              "(probabilities of the 10 digits)")
+        proba[i // run.folds, record.scored_rows] = record.proba_tta
+    return proba.mean(0)
+
+
+def find_label_issues(labels: np.ndarray, proba: np.ndarray) -> LabelIssues:
+    """The rows whose ``labels`` are probably wrong under the out-of-fold probabilities ``proba`` (cleanlab's
+    ``find_label_issues``, confident learning), most likely wrong first."""
+    if cleanlab_missing():
+        raise ImportError(CLEANLAB_MISSING)
+    from cleanlab.filter import find_label_issues as find
+    from cleanlab.rank import get_label_quality_scores
+
+    # One process: cleanlab's default pool forks this one, torch's threads and all, for no gain at this size.
+    rows = np.asarray(find(labels, proba, return_indices_ranked_by=QUALITY_METHOD, n_jobs=1), dtype=np.int64)
+    quality = get_label_quality_scores(labels, proba, method=QUALITY_METHOD)[rows]
+    order = np.lexsort((rows, quality))  # lowest quality first, ties by row: the same file every time
+    rows, quality = rows[order], quality[order]
+    return LabelIssues(rows, labels[rows], proba[rows].argmax(1), quality, len(labels))
+
+
+def audit(path: str | Path, digits: Digits, source: str = "the training data") -> LabelIssues:
+    """Audit the labels of ``digits``, the training data of the K-fold run in ``path``: find the rows whose label
+    is probably wrong, write ``label_issues.csv`` and the gallery, and write ``report.html`` again with it.
+
+    Everything is read and checked before anything is written: a fault raises RunDirError or DataError naming
+    the file (``source`` names the training data), and without cleanlab, ImportError with the install line.
+    """
+    if cleanlab_missing():
+        raise ImportError(CLEANLAB_MISSING)
+    run = read_run(path)
+    run_dir = RunDir(run.path)
+    run_dir.check_writable()
+    issues = find_label_issues(digits.labels, out_of_fold_proba(run, digits, source))
+    render_report(run_dir)  # reads the run's other files: a damaged one is named before anything is written
+    run_dir.write_table(issues.frame(), LABEL_ISSUES_TABLE)
+    run_dir.write_figure(plot_label_issues(digits.images, issues), LABEL_ISSUES_FIGURE)
+    run_dir.write_report(render_report(run_dir))
+    return dataclasses.replace(issues, table=run_dir.path / LABEL_ISSUES_TABLE)
+
+
+def plot_label_issues(images: np.ndarray, issues: LabelIssues, limit: int = GALLERY) -> Figure:
+    """The first ``limit`` flagged rows as a grid, as the report's error gallery draws digits: each image titled
+    with its row, its given -> suggested label and the given label's quality score."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    shown = min(len(issues), limit)
+    cols = min(6, max(1, shown))
+    rows = max(1, -(-shown // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(max(cols * 1.7, 4.0), rows * 2.0 + 0.5), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, k in zip(axes.flat, range(shown), strict=False):
+        ax.imshow(images[issues.rows[k]].reshape(SIDE, SIDE), cmap="gray_r", vmin=0, vmax=255)
+        ax.set_title(f"row {issues.rows[k]}\n{issues.given[k]} \u2192 {issues.suggested[k]}  "
+                     f"q={issues.quality[k]:.2f}", fontsize=9)
+    if shown == 0:
+        axes.flat[0].text(0.5, 0.5, "no label issues", ha="center", va="center", fontsize=14)
+    more = f"; the {shown} most likely wrong shown" if len(issues) > shown else ""
+    fig.suptitle(f"{len(issues):,} of {issues.rows_audited:,} training rows probably mislabelled "
+                 f"(given \u2192 suggested label){more}", fontsize=11)
+    return fig
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
