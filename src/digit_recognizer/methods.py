@@ -29,6 +29,7 @@ from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 from sklearn.tree._tree import Tree
+from sklearn.utils.validation import check_array, check_is_fitted
 
 from . import train as training_loop  # by module: its fit and resolve_device are looked up when called
 from .config import TrainConfig, check_method, method_config
@@ -59,10 +60,11 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
             checkpoint: object | None = None) -> NetClassifier:
         cfg = self.config or method_config(self.method)
         cfg.validate()
+        X, y = _images(X, "X", min_rows=N_CLASSES), _digits(y, len(X), "y")
         if X_val is None:
             train, val = split(Digits(X, y), cfg.val_fraction, cfg.seed)
         else:
-            train, val = Digits(X, y), Digits(X_val, y_val)
+            train, val = Digits(X, y), Digits(_images(X_val, "X_val"), _digits(y_val, len(X_val), "y_val"))
         device = training_loop.resolve_device(self.device)
         self.network_, self.history_ = training_loop.fit(self.method, cfg, train, val, device, self.progress,
                                                          self.label, checkpoint)
@@ -70,11 +72,34 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "network_")
         device = next(self.network_.parameters()).device
-        return network_proba(self.network_, X, device=device, tta=self.tta)
+        return network_proba(self.network_, _images(X, "X"), device=device, tta=self.tta)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.predict_proba(X).argmax(1)
+
+
+def _images(X: object, name: str, min_rows: int = 1) -> np.ndarray:
+    """``X`` as the networks take it, uint8 ``(n, 784)``; refuses (ValueError naming it) anything else: not a 2-D
+    array of numbers, fewer than ``min_rows`` rows, NaN or infinite values, another number of columns, pixels
+    that are not whole numbers 0-255 (a float image scaled to [0, 1] would otherwise be read as nearly black)."""
+    X = check_array(X, dtype="numeric", ensure_min_samples=min_rows, input_name=name)
+    if X.shape[1] != N_PIXELS:
+        raise ValueError(f"{name}: expected {N_PIXELS} pixel columns (28x28 images), got {X.shape[1]}")
+    if X.size and (X.min() < 0 or X.max() > 255 or (X.dtype.kind == "f" and not np.array_equal(X, np.round(X)))):
+        raise ValueError(f"{name}: pixels must be whole numbers 0-255")
+    return np.ascontiguousarray(X, dtype=np.uint8)
+
+
+def _digits(y: object, rows: int, name: str) -> np.ndarray:
+    """``y`` as labels: one whole number 0-9 per image; refuses (ValueError naming it) anything else."""
+    y = check_array(y, ensure_2d=False, dtype="numeric", input_name=name)
+    if y.ndim != 1 or len(y) != rows:
+        raise ValueError(f"{name}: expected one label per image ({rows}), got shape {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= N_CLASSES or not np.array_equal(y, np.round(y))):
+        raise ValueError(f"{name}: labels must be the digits 0-9")
+    return y.astype(np.int64)
 
 
 def _scale(X: np.ndarray) -> np.ndarray:
