@@ -37,6 +37,7 @@ def test_shift_moves_pixels_and_fills_with_background():
     edge = torch.zeros(1, 1, 28, 28)
     edge[0, 0, 27, :] = 1
     assert shifted(edge, 1, 0).sum() == 0  # pushed out, nothing wraps around
+    assert shifted(x, -2, 2)[0, 0, 3, 9] == 1 and shifted(x, -2, 2).sum() == 1  # two pixels up and right
 
 
 def test_tta_probabilities_are_well_formed(digits):
