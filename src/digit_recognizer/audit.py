@@ -27,12 +27,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import TrainConfig, check_method, completed
 from .data import SIDE, Digits
-from .errors import DataError, RunDirError, first_line
-from .jobs import plan_jobs
+from .errors import RunDirError
 from .report import render_report
-from .rundir import HELDOUT_FILE, LABEL_ISSUES_FIGURE, LABEL_ISSUES_TABLE, MANIFEST_FILE, RunDir, digest
+from .rundir import (
+    HELDOUT_FILE,
+    LABEL_ISSUES_FIGURE,
+    LABEL_ISSUES_TABLE,
+    MANIFEST_FILE,
+    RunDir,
+    TrainedRun,
+    read_trained_records,
+    read_trained_run,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,82 +78,30 @@ class LabelIssues:
                                      strict=True)))
 
 
-@dataclass(frozen=True)
-class KFoldRun:
-    """What ``run.json`` says made a K-fold run, every value checked."""
-
-    path: Path
-    method: str
-    cfg: TrainConfig
-    members: int
-    folds: int
-    exclude_rows: list[int]
-    data: str              # the digest of the training data
-    jobs: list[str]
-
-
 def cleanlab_missing() -> str | None:
     """The install line when cleanlab cannot be imported, else None (a check that imports nothing)."""
     return CLEANLAB_MISSING if importlib.util.find_spec("cleanlab") is None else None
 
 
-def read_run(path: str | Path) -> KFoldRun:
+def read_run(path: str | Path) -> TrainedRun:
     """The K-fold run in ``path``, from its ``run.json``; refuses (RunDirError naming the file) a directory that is
     not a run, and a run that did not score every training row out of fold."""
-    run_dir = RunDir(path)
-    what = run_dir.read_manifest()
-    where = run_dir.path / MANIFEST_FILE
-    folds = what.get("folds")
-    if what["kind"] != "ensemble" or not _whole(folds) or folds < 2:
-        made = {"single": "a single run, scored on one validation split: the audit needs every training row scored "
-                          "out of fold",
-                "ensemble": f"an ensemble scored on one validation split (folds {str(folds)[:20]}): the audit needs "
-                            "every training row scored out of fold",
-                "compare": "a comparison of methods, not a run made by 'run' or 'train'",
-                "tune": "a search of settings, not a run made by 'run' or 'train'"}[what["kind"]]
-        raise RunDirError(f"{where}: {made}; audit a run made with --folds K (K of 2 or more)")
-    method, members, train = what.get("method"), what.get("members"), what.get("train")
-    try:
-        if not isinstance(method, str) or not check_method(method).network:
-            raise ValueError(f"'method' must name a network, got {str(method)[:40]!r}")
-        if not _whole(members) or members < 1 or members * folds != len(what["jobs"]):
-            raise ValueError(f"'members' ({str(members)[:20]}) x 'folds' ({folds}) must be its number of jobs "
-                             f"({len(what['jobs'])})")
-        if not isinstance(train, dict):
-            raise ValueError("'train' must be a table of settings")
-        cfg = TrainConfig.from_dict(completed(train), "'train'")
-        cfg.validate()
-        exclude = what.get("exclude_rows", [])
-        if not isinstance(exclude, list) or not all(_whole(row) for row in exclude):
-            raise ValueError("'exclude_rows' must be a list of row numbers")
-        if not isinstance(what.get("data"), str):
-            raise ValueError("'data' must be the digest of the training data")
-    except ValueError as err:
-        raise RunDirError(f"{where}: {first_line(err)}") from None
-    return KFoldRun(run_dir.path, method, cfg, members, folds, exclude, what["data"], what["jobs"])
+    run = read_trained_run(path, "audit a run made with --folds K (K of 2 or more)")
+    if run.kind != "ensemble" or run.folds < 2:
+        made = ("a single run, scored on one validation split" if run.kind == "single" else
+                f"an ensemble scored on one validation split (folds {run.folds})")
+        raise RunDirError(f"{run.path / MANIFEST_FILE}: {made}: the audit needs every training row scored out of "
+                          "fold; audit a run made with --folds K (K of 2 or more)")
+    return run
 
 
-def out_of_fold_proba(run: KFoldRun, digits: Digits, source: str = "the training data") -> np.ndarray:
+def out_of_fold_proba(run: TrainedRun, digits: Digits, source: str = "the training data") -> np.ndarray:
     """Every training row's probabilities ``(n, 10)``, out of fold: the mean over the run's members (with
     test-time augmentation) of the fold that did not train on the row. ``digits`` must be the run's training data
     (``source`` names it in the message when it is not); every record is checked as it is read."""
-    run_dir, where = RunDir(run.path), run.path / MANIFEST_FILE
-    if digest(digits) != run.data:
-        raise DataError(f"{source}: not the training data of the run in {run.path} (its digest is {digest(digits)}, "
-                        f"run.json records {run.data}); give the train.csv the run was trained on")
-    try:
-        jobs = plan_jobs(run.method, run.cfg, digits.labels, run.members, run.folds, run.exclude_rows)
-    except ValueError as err:  # an exclusion list out of range, say
-        raise RunDirError(f"{where}: {first_line(err)}") from None
-    if [job.name for job in jobs] != run.jobs:
-        raise RunDirError(f"{where}: 'jobs' are not the jobs of its members and folds")
-    unfinished = [job.name for job in jobs if not run_dir.finished(job.name)]
-    if unfinished:
-        raise RunDirError(f"{run.path}: unfinished ({len(jobs) - len(unfinished)} of {len(jobs)} jobs done, "
-                          f"{unfinished[0]} not); run the same command again to finish it, then audit it")
+    run_dir = RunDir(run.path)
     proba = np.zeros((run.members, len(digits), 10))
-    for i, job in enumerate(jobs):  # planned member by member, fold by fold
-        record = run_dir.read_job(job)  # its rows, and probabilities of the right shape, 0-1 and finite
+    for i, (job, record) in enumerate(read_trained_records(run, digits, source)):  # member by member, fold by fold
         if not np.allclose(record.proba_tta.sum(1), 1, atol=_SUM_TOLERANCE):
             raise RunDirError(f"{run_dir.job_dir(job.name) / HELDOUT_FILE}: 'proba_tta' rows must each sum to 1 "
                               "(probabilities of the 10 digits)")
@@ -216,6 +171,3 @@ def plot_label_issues(images: np.ndarray, issues: LabelIssues, limit: int = GALL
                  f"(given \u2192 suggested label){more}", fontsize=11)
     return fig
 
-
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

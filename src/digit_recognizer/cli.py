@@ -216,6 +216,31 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--train", type=Path, help="the train.csv(.gz) the run was trained on (a run made by "
                                                  "'train --train FILE')")
 
+    p = sub.add_parser("distill", help="train one fast network on a finished run's averaged probabilities (its "
+                                       "soft targets), scored out of fold; a single run that predict, export "
+                                       "and serve take")
+    p.add_argument("--teacher", type=Path, required=True,
+                   help="run directory of a finished run made by 'run' or 'train' (--members N and/or --folds K)")
+    p.add_argument("--data-dir", type=Path, help="folder with the train.csv(.gz) the teacher was trained on and the "
+                                                 "test.csv(.gz) whose images the student also learns from; default: "
+                                                 "the embedded digits")
+    p.add_argument("--out", type=Path, required=True, help="run directory to write; the same command run again "
+                                                           "resumes an interrupted distillation there")
+    p.add_argument("--temperature", type=float, default=2.0,
+                   help="softens the teachers' probabilities (p^(1/T), renormalised) and divides the student's "
+                        "logits in the loss (default: 2.0; 1: the probabilities as they are)")
+    p.add_argument("--no-score", dest="score", action="store_false",
+                   help="train only the served student, not the scoring students (one per fold of the teacher) "
+                        "whose accuracy on rows none of them nor their teachers trained on is the honest score")
+    p.add_argument("--overwrite", action="store_true",
+                   help="clear a run directory made by other settings instead of refusing it")
+    p.add_argument("--quiet", action="store_true", help="no progress output; the result line stays")
+    p.add_argument("--model", choices=[name for name in METHOD_NAMES if METHODS[name].network], default="fast",
+                   help="the student's network and recipe (default: fast)")
+    group = p.add_argument_group("the student's training settings (defaults: the chosen model's recipe)")
+    group.add_argument("--config", type=Path, help="TOML or JSON file of settings; flags override it")
+    _add_setting_flags(group)
+
     p = sub.add_parser("predict", help="write a submission for a test file with a trained run")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, help="run directory made by 'run' or 'train'")
@@ -393,6 +418,28 @@ def cmd_audit(args: argparse.Namespace) -> None:
     issues = audit(args.run, train, source)
     print(f"{PROG}: {len(issues):,} of {issues.rows_audited:,} training rows flagged as probably mislabelled; "
           f"wrote {issues.table} (and the gallery in {args.run / 'report.html'})", file=sys.stderr)
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from .distill import TEACHER_USE, distill, result_line
+    from .rundir import read_trained_run
+    from .train import check_temperature
+
+    try:
+        check_temperature(args.temperature)
+    except ValueError as err:
+        raise UsageError(f"--temperature: {err}") from None
+    cfg = config_from_args(args)
+    read_trained_run(args.teacher, TEACHER_USE)  # a folder that is not a run is named before the data is read
+    RunDir(args.out).check_writable()
+    train, test, source = load_data(args.data_dir, test="required")
+    _say(args.quiet, f"{PROG}: {len(train):,} training and {len(test):,} test images from {source}")
+    data = "the embedded digits" if args.data_dir is None else str(find_csv(args.data_dir, "train"))
+    metrics = distill(args.teacher, train, test, args.out, args.model, cfg, args.temperature, args.score,
+                      not args.quiet, args.overwrite, data)
+    print(f"{PROG}: {result_line(metrics, args.out)}", file=sys.stderr)
+    if "val_accuracy" in metrics:
+        _warn_if_chance(metrics["val_accuracy"], "the students' accuracy")
 
 
 def _closing(executor: object):
@@ -589,7 +636,7 @@ def _warn_if_chance(accuracy: float, what: str) -> None:
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "predict": cmd_predict, "compare": cmd_compare,
             "serve": cmd_serve, "export": cmd_export, "sample-data": cmd_sample_data, "tune": cmd_tune,
-            "kaggle": cmd_kaggle, "audit": cmd_audit}
+            "kaggle": cmd_kaggle, "audit": cmd_audit, "distill": cmd_distill}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ import json
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -33,9 +34,9 @@ import numpy as np
 
 from . import __version__
 from .config import TrainConfig, check_method, completed
-from .errors import InputError, RunDirError, first_line
+from .errors import DataError, InputError, RunDirError, first_line
 from .files import atomic_path, check_writable, read_bounded, temporaries_of, write_json
-from .jobs import JobRecord, JobSummary
+from .jobs import JobRecord, JobSummary, plan_jobs
 from .submission import write_submission
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ RUN_FILES = (MANIFEST_FILE, METRICS_FILE, SUBMISSION_FILE, CURVES_FILE, CONFUSIO
              TRIALS_TABLE, BEST_CONFIG, BEST_COMMAND, SEARCH_HISTORY_FIGURE, SEARCH_IMPORTANCES_FIGURE, REPORT_FILE,
              TENSORBOARD_DIR, LABEL_ISSUES_TABLE, LABEL_ISSUES_FIGURE)
 FILES = "files"  # run.json's list of every file the run has written, relative to the directory
-KINDS = ("single", "ensemble", "compare", "tune")
+KINDS = ("single", "ensemble", "compare", "tune", "distill")
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "images_per_second",
                    "elapsed")
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -458,6 +459,86 @@ def _read_history(path: Path, epochs: int) -> list[dict]:
         raise RunDirError(f"{path}: {len(values)} epochs, but the job trains {epochs}")
     return [{column: (int(value) if column == "epoch" else float(value))
              for column, value in zip(HISTORY_COLUMNS, row, strict=True)} for row in values]
+
+
+# --- a finished run read back as the input of another command (the label audit, distillation) -----------------
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """What ``run.json`` says made a run of ``run`` or ``train`` (a single run or an ensemble), every value checked."""
+
+    path: Path
+    kind: str              # "single" or "ensemble"
+    method: str
+    cfg: TrainConfig
+    members: int
+    folds: int
+    exclude_rows: list[int]
+    data: str              # the digest of the training data
+    jobs: list[str]        # as run.json lists them (a single run's one job, at the top, has no name)
+
+
+_MADE_BY = {"compare": "a comparison of methods", "tune": "a search of settings", "distill": "a distilled network"}
+
+
+def read_trained_run(path: str | Path, use: str) -> TrainedRun:
+    """The run of ``run`` or ``train`` in ``path``, from its ``run.json``; refuses (RunDirError naming the file) a
+    directory that is not such a run. ``use`` ends the message: what the reader needs instead."""
+    run_dir = RunDir(path)
+    what = run_dir.read_manifest()
+    where = run_dir.path / MANIFEST_FILE
+    kind = what["kind"]
+    if kind not in ("single", "ensemble"):
+        raise RunDirError(f"{where}: {_MADE_BY[kind]}, not a run made by 'run' or 'train'; {use}")
+    method, members, folds, train = what.get("method"), what.get("members"), what.get("folds"), what.get("train")
+    try:
+        if not isinstance(method, str) or not check_method(method).network:
+            raise ValueError(f"'method' must name a network, got {str(method)[:40]!r}")
+        if not _whole(folds) or folds < 1:
+            raise ValueError(f"'folds' must be a whole number of at least 1, got {str(folds)[:20]!r}")
+        jobs = len(what["jobs"]) if kind == "ensemble" else len(what["jobs"]) + 1  # a single run's job is unnamed
+        if not _whole(members) or members < 1 or members * folds != jobs or (kind == "single" and jobs != 1):
+            raise ValueError(f"'members' ({str(members)[:20]}) x 'folds' ({folds}) must be its number of jobs "
+                             f"({jobs})")
+        if not isinstance(train, dict):
+            raise ValueError("'train' must be a table of settings")
+        cfg = TrainConfig.from_dict(completed(train), "'train'")
+        cfg.validate()
+        exclude = what.get("exclude_rows", [])
+        if not isinstance(exclude, list) or not all(_whole(row) for row in exclude):
+            raise ValueError("'exclude_rows' must be a list of row numbers")
+        if not isinstance(what.get("data"), str):
+            raise ValueError("'data' must be the digest of the training data")
+    except ValueError as err:
+        raise RunDirError(f"{where}: {first_line(err)}") from None
+    return TrainedRun(run_dir.path, kind, method, cfg, members, folds, exclude, what["data"], what["jobs"])
+
+
+def read_trained_records(run: TrainedRun, digits: Digits, source: str = "the training data",
+                         ) -> list[tuple[Job, JobRecord]]:
+    """Every job of ``run`` with its record, planned again exactly as the run planned them (member by member, fold
+    by fold, its excluded rows included) and each record checked against its job. ``digits`` must be the run's
+    training data (``source`` names it in the message when it is not); an unfinished run is refused."""
+    run_dir, where = RunDir(run.path), run.path / MANIFEST_FILE
+    if digest(digits) != run.data:
+        raise DataError(f"{source}: not the training data of the run in {run.path} (its digest is {digest(digits)}, "
+                        f"run.json records {run.data}); give the train.csv the run was trained on")
+    try:
+        jobs = plan_jobs(run.method, run.cfg, digits.labels, run.members, run.folds, run.exclude_rows)
+    except ValueError as err:  # an exclusion list out of range, say
+        raise RunDirError(f"{where}: {first_line(err)}") from None
+    if [job.name for job in jobs if job.name] != run.jobs:
+        raise RunDirError(f"{where}: 'jobs' are not the jobs of its members and folds")
+    unfinished = [job.name for job in jobs if not run_dir.finished(job.name)]
+    if unfinished:
+        raise RunDirError(f"{run.path}: unfinished ({len(jobs) - len(unfinished)} of {len(jobs)} jobs done"
+                          + (f", {unfinished[0]} not" if unfinished[0] else "")
+                          + "); run the same command again to finish it first")
+    return [(job, run_dir.read_job(job)) for job in jobs]
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def exists(path: Path) -> bool:

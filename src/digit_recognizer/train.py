@@ -6,6 +6,10 @@ random generator), :func:`train_epoch` runs one pass over the shuffled data, :fu
 checks each, records its history row and checkpoint, and :func:`finish` turns the trained state into the network
 to keep. A new optimiser is a case of :func:`make_optimizer`; a new initialisation belongs in :func:`build`.
 
+A network can also learn from soft targets instead of labels (knowledge distillation: a student trained on its
+teachers' probabilities, :class:`SoftTargets`); everything else, augmentation, schedules and checkpoints, is
+the same for it.
+
 The loop can be resumed: given a :class:`Checkpoint`, it saves everything that decides the next epoch (weights,
 optimiser, schedule, random states, history) after each epoch, and a later call with the same settings
 continues from the last finished epoch to the same result.
@@ -64,6 +68,51 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f"device '{name}' was asked for but there are {torch.cuda.device_count()} CUDA devices")
     return device
+
+
+@dataclass(frozen=True)
+class SoftTargets:
+    """What a student learns from instead of labels (Hinton et al. 2015): per training image a row of 10
+    probabilities (its teachers', already softened by :func:`soften`), and the temperature its logits are divided
+    by in the loss. Images without a label (a test set) can be trained on this way."""
+
+    proba: np.ndarray  # (n, 10) float32, one row per training image, each summing to 1
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_temperature(self.temperature)
+        if self.proba.ndim != 2 or self.proba.shape[1] != 10 or not np.isfinite(self.proba).all():
+            raise ValueError(f"soft targets must be finite rows of 10 probabilities, got shape {self.proba.shape}")
+
+
+def check_temperature(temperature: float) -> None:
+    """Refuse (ValueError) a temperature that cannot soften: it must be a finite number above 0."""
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not math.isfinite(temperature) \
+            or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number above 0, got {temperature!r}")
+
+
+def soften(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities raised to the power 1/T and renormalised (float32): T > 1 lifts the small probabilities, the
+    teachers' knowledge of which digits look alike; T = 1 leaves them as they are. Computed as a softmax of
+    log(p) / T, so that a large 1/T neither underflows nor divides by zero."""
+    check_temperature(temperature)
+    with np.errstate(divide="ignore"):
+        logs = np.log(np.asarray(proba, dtype=np.float64)) / temperature
+    logs -= logs.max(1, keepdims=True)
+    powered = np.exp(logs)
+    return (powered / powered.sum(1, keepdims=True)).astype(np.float32)
+
+
+def batch_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
+               temperature: float = 1.0) -> torch.Tensor:
+    """Cross-entropy of a batch: against labels (int64, ``(n,)``) with label smoothing, or against soft targets
+    (``(n, 10)`` probabilities) with the logits divided by ``temperature`` and the loss multiplied by its square,
+    which keeps the gradients' size the same whatever the temperature (Hinton et al. 2015). Soft targets take no
+    label smoothing: they are soft already."""
+    if targets.ndim == 1:
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    return F.cross_entropy(logits.float() / temperature, targets) * temperature ** 2
 
 
 # --- what training changes ---------------------------------------------------------------------------------------
@@ -270,11 +319,12 @@ def resume(training: Training, saved: dict, cfg: TrainConfig, device: torch.devi
 
 # --- one epoch ----------------------------------------------------------------------------------------------------
 
-def train_epoch(training: Training, cfg: TrainConfig, pixels: torch.Tensor, labels: torch.Tensor, epoch: int,
-                label: str = "", bars: bool = False) -> dict:
+def train_epoch(training: Training, cfg: TrainConfig, pixels: torch.Tensor, targets: torch.Tensor, epoch: int,
+                label: str = "", bars: bool = False, temperature: float = 1.0) -> dict:
     """One pass over the training images (uint8, on the device) in a fresh random order, each batch augmented;
-    returns the epoch's training loss, accuracy, images seen and seconds. Raises :class:`TrainingDiverged` at a
-    non-finite loss or non-finite weights."""
+    ``targets`` are their labels, or their soft targets (rows of probabilities, at ``temperature``: accuracy is
+    then agreement with each row's most probable digit). Returns the epoch's training loss, accuracy, images seen
+    and seconds. Raises :class:`TrainingDiverged` at a non-finite loss or non-finite weights."""
     network, optimizer, scheduler = training.network, training.optimizer, training.scheduler
     device = pixels.device
     dtype = autocast_dtype(cfg.precision, device)
@@ -293,13 +343,13 @@ def train_epoch(training: Training, cfg: TrainConfig, pixels: torch.Tensor, labe
             if cfg.schedule != "plateau":
                 scheduler.step()
             continue
-        x, y = to_input(pixels[idx]), labels[idx]
+        x, y = to_input(pixels[idx]), targets[idx]
         if cfg.augment:
             x = random_affine(x, cfg.rotation, cfg.zoom, cfg.shift, generator=training.generator)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             logits = network(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            loss = batch_loss(logits, y, cfg.label_smoothing, temperature)
         optimizer.zero_grad(set_to_none=True)
         if training.scaler is None:
             loss.backward()
@@ -314,7 +364,7 @@ def train_epoch(training: Training, cfg: TrainConfig, pixels: torch.Tensor, labe
             training.averaged.update_parameters(network)
 
         loss_sum += loss.detach() * len(idx)
-        correct += (logits.argmax(1) == y).sum()
+        correct += (logits.argmax(1) == (y if y.ndim == 1 else y.argmax(1))).sum()
         seen += len(idx)
         if b % CHECK_EVERY == 0:
             _check_finite(loss_sum.item(), epoch, b + 1, label)
@@ -339,9 +389,11 @@ def _check_finite(loss_sum: float, epoch: int, batch: int, label: str) -> None:
 
 def fit(
     method: str, cfg: TrainConfig, train: Digits, val: Digits, device: torch.device,
-    progress: bool = True, label: str = "", checkpoint: Checkpoint | None = None,
+    progress: bool = True, label: str = "", checkpoint: Checkpoint | None = None, soft: SoftTargets | None = None,
 ) -> tuple[nn.Module, list[dict]]:
-    """Train the network of ``method`` on ``train``, evaluating on ``val`` after each epoch.
+    """Train the network of ``method`` on ``train``, evaluating on ``val`` (labelled) after each epoch: on the
+    labels of ``train``, or with ``soft`` on those soft targets, one row per image of ``train`` (whose labels, if
+    any, are then not used).
 
     Returns the network (in eval mode, on ``device``) and one history row per epoch. With ``progress`` one
     line per epoch goes to stderr (prefixed by ``label``), with bars on a terminal. Raises
@@ -349,7 +401,13 @@ def fit(
     """
     # The whole training set lives on the device as uint8; batches are cut from it by index.
     pixels = torch.from_numpy(train.images).to(device)
-    labels = torch.from_numpy(train.labels).to(device)
+    if soft is None:
+        targets, temperature = torch.from_numpy(train.labels).to(device), 1.0
+    else:
+        if len(soft.proba) != len(pixels):
+            raise ValueError(f"{len(soft.proba):,} soft targets for {len(pixels):,} training images")
+        targets = torch.from_numpy(np.asarray(soft.proba, dtype=np.float32)).to(device)
+        temperature = soft.temperature
     training = build(method, cfg, device, steps_per_epoch=-(-len(pixels) // cfg.batch_size), pixels=pixels)
     saved = checkpoint.load() if checkpoint else None
     if saved:
@@ -369,7 +427,7 @@ def fit(
                   file=sys.stderr)
     for epoch in epochs:
         started = time.perf_counter()
-        row = {"epoch": epoch, **train_epoch(training, cfg, pixels, labels, epoch, label, bars)}
+        row = {"epoch": epoch, **train_epoch(training, cfg, pixels, targets, epoch, label, bars, temperature)}
         proba = network_proba(training.network, val.images, device=device)
         row.update(val_loss=log_loss(proba, val.labels), val_accuracy=float(np.mean(proba.argmax(1) == val.labels)),
                    lr=training.optimizer.param_groups[0]["lr"])
