@@ -27,7 +27,7 @@ SEED_RECIPE = {"filters": (32, 64, 128), "kernels": (5, 3, 3), "dense": 256, "dr
                "label_smoothing": 0.0, "ema": 0.0, "schedule": "plateau", "lr_factor": 0.5, "lr_patience": 3,
                "min_lr": 1e-5, "precision": "fp32", "init": "default", "bn_momentum": 0.1, "bn_scale": True,
                "bn_bias_lr": 1.0, "muon_lr": 0.0, "whiten": False, "val_fraction": 0.1, "seed": 2, "augment": True,
-               "rotation": 10.0, "zoom": 0.1, "shift": 0.1, "device": "cpu"}
+               "rotation": 10.0, "zoom": 0.1, "shift": 0.1, "elastic": 0.0, "device": "cpu"}
 FAST_RECIPE = {**SEED_RECIPE, "filters": (16, 32, 64), "dense": 128, "epochs": 12, "batch_size": 128,
                "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "label_smoothing": 0.1, "schedule": "onecycle"}
 

@@ -60,3 +60,20 @@ def test_shift_stays_within_ten_percent(axis):
     shift = (centre - 13.5).abs()
     assert shift.max() <= 2.8 + 0.3
     assert shift.max() >= 2.0  # the full range is used, not a tiny fraction of it
+
+
+def test_elastic_distortion_is_smooth_of_the_asked_strength_and_off_by_default():
+    """The elastic field moves pixels by about alpha x 0.04 on average (uniform noise smoothed by a normalised
+    Gaussian of 4 pixels), neighbouring pixels move together (smooth, not noise), and without it the random
+    stream, hence every other augmentation, is exactly as before."""
+    from digit_recognizer.augment import _elastic_field
+
+    field = _elastic_field(256, 28, 28, 34.0, torch.device("cpu"), torch.Generator().manual_seed(0)) * 14  # pixels
+    centre = field[:, 8:20, 8:20]  # away from the zero padding of the border
+    assert 0.8 < centre.abs().mean() < 2.0
+    neighbours = torch.corrcoef(torch.stack([centre[:, :, :-1, 0].flatten(), centre[:, :, 1:, 0].flatten()]))[0, 1]
+    assert neighbours > 0.9
+    x = torch.rand(4, 1, 28, 28)
+    plain = random_affine(x, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(random_affine(x, generator=torch.Generator().manual_seed(3), elastic=0.0), plain)
+    assert not torch.allclose(random_affine(x, generator=torch.Generator().manual_seed(3), elastic=34.0), plain)

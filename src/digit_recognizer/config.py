@@ -80,6 +80,7 @@ class TrainConfig:
     rotation: float = 10.0
     zoom: float = 0.1
     shift: float = 0.1
+    elastic: float = 0.0  # elastic distortion's strength in pixels (Simard et al. 2003 used 34); 0: none
     # Hardware: "auto" picks CUDA when available
     device: str = "auto"
 
@@ -135,6 +136,7 @@ class TrainConfig:
             (len(self.dropout) == 4 and all(0 <= d < 1 for d in self.dropout), "dropout takes 4 values in [0, 1)"),
             (0 <= self.rotation <= 180, "rotation must be in 0 .. 180 degrees"),
             (0 <= self.zoom < 1 and 0 <= self.shift < 1, "zoom and shift must be fractions in [0, 1)"),
+            (finite(self.elastic) and 0 <= self.elastic <= 100, "elastic must be in 0 .. 100 pixels"),
             (is_device_name(self.device), DEVICE_HELP),
         ]
         for ok, message in checks:

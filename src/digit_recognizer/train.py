@@ -345,7 +345,7 @@ def train_epoch(training: Training, cfg: TrainConfig, pixels: torch.Tensor, targ
             continue
         x, y = to_input(pixels[idx]), targets[idx]
         if cfg.augment:
-            x = random_affine(x, cfg.rotation, cfg.zoom, cfg.shift, generator=training.generator)
+            x = random_affine(x, cfg.rotation, cfg.zoom, cfg.shift, generator=training.generator, elastic=cfg.elastic)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             logits = network(x)
