@@ -44,6 +44,8 @@ from .submission import write_submission
 if TYPE_CHECKING:
     import numpy as np
 
+    from .runs import PseudoLabelSource
+
 PROG = "digit-recognizer"
 
 
@@ -197,13 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_flags(p, "run")
     _add_tensorboard_flag(p)
     _add_exclude_flag(p)
+    _add_pseudo_flags(p, "the test.csv of --data-dir")
     _add_config_flags(p)
 
     p = sub.add_parser("train", help="train and report, without predicting a test set")
     p.add_argument("--train", type=Path, help="Kaggle train.csv(.gz); default: the embedded digits")
+    p.add_argument("--test", type=Path,
+                   help="with --pseudo-labels only: the Kaggle test.csv(.gz) whose images are pseudo-labelled; "
+                        "default: the embedded test digits (those that go with the default --train)")
     _add_output_flags(p, "run")
     _add_tensorboard_flag(p)
     _add_exclude_flag(p)
+    _add_pseudo_flags(p, "--test")
     _add_config_flags(p)
 
     p = sub.add_parser("audit", help="find the training rows whose label is probably wrong, from a K-fold run "
@@ -317,6 +324,49 @@ def _add_exclude_flag(parser: argparse.ArgumentParser) -> None:
                              "'audit' is one): never train on those rows, but score them like any other")
 
 
+def _add_pseudo_flags(parser: argparse.ArgumentParser, test: str) -> None:
+    group = parser.add_argument_group("pseudo-labels: a second stage that also learns from the test images")
+    group.add_argument("--pseudo-labels", type=Path, metavar="RUN",
+                       help="a finished run of 'run' or 'train' on the same training data (with --folds K, the same "
+                            f"K and --seed): also train on the test images ({test}) its networks are sure of, "
+                            "labelled with their digit; the job of fold k learns only from that run's fold-k networks")
+    group.add_argument("--pseudo-threshold", type=float, metavar="P",
+                       help="use a test image when the mean probability of its most probable digit over the "
+                            "teacher networks is at least P, in (0, 1) (default: 0.99)")
+
+
+def _pseudo_source(args: argparse.Namespace) -> PseudoLabelSource | None:
+    """The pseudo-labels' source the flags name, or None; the threshold and the run's run.json are checked before
+    any data is read."""
+    if args.pseudo_labels is None:
+        if args.pseudo_threshold is not None:
+            raise UsageError("--pseudo-threshold: needs --pseudo-labels RUN, the run whose networks label the test "
+                             "images")
+        return None
+    from .rundir import read_trained_run
+    from .runs import DEFAULT_PSEUDO_THRESHOLD, PSEUDO_USE, PseudoLabelSource, check_pseudo_threshold
+
+    threshold = DEFAULT_PSEUDO_THRESHOLD if args.pseudo_threshold is None else args.pseudo_threshold
+    check_pseudo_threshold(threshold)
+    read_trained_run(args.pseudo_labels, PSEUDO_USE)  # a folder that is not a run is named before the data is read
+    return PseudoLabelSource(args.pseudo_labels, threshold)
+
+
+def _say_pseudo_labels(metrics: dict) -> None:
+    """How many test images the second stage learned from; a warning when a job learned from none."""
+    pseudo = metrics.get("pseudo_labels")
+    if pseudo is None:
+        return
+    used = [entry["used"] for entry in pseudo["folds"]]
+    print(f"{PROG}: pseudo-labels from {pseudo['teacher']} at threshold {pseudo['threshold']:g}: "
+          f"{', '.join(f'{n:,}' for n in used)} of {pseudo['test_images']:,} test images"
+          + (" (per fold)" if len(used) > 1 else ""), file=sys.stderr)
+    if min(used) == 0:
+        print(f"{PROG}: warning: no test image reached --pseudo-threshold {pseudo['threshold']:g}"
+              + (" in some folds" if max(used) > 0 else "") + ": those jobs trained on the training rows only",
+              file=sys.stderr)
+
+
 def _excluded(path: Path | None, rows: int) -> np.ndarray | None:
     """The rows ``--exclude-rows`` lists, checked against the ``rows`` of the training data, or None."""
     return None if path is None else read_row_numbers(path, rows)
@@ -359,16 +409,19 @@ def _training_command(args: argparse.Namespace) -> tuple[TrainConfig, RunDir]:
 
 def cmd_run(args: argparse.Namespace) -> None:
     cfg, _ = _training_command(args)
+    pseudo = _pseudo_source(args)
     train, test, source = load_data(args.data_dir, test="required")
     _say(args.quiet, f"{PROG}: {len(train):,} training and {len(test):,} test images from {source}")
     exclude = _excluded(args.exclude_rows, len(train))
     api = _kaggle_before_training(args.submit, len(test)) if args.submit is not None else None
     from .runs import run
 
+    data = "the embedded digits" if args.data_dir is None else str(find_csv(args.data_dir, "train"))
     executor = _executor(args, cfg.device)
     with _closing(executor):
         metrics = run(train, test, args.out, args.model, cfg, not args.quiet, args.members, args.folds, args.tta,
-                      args.overwrite, executor, args.tensorboard, exclude)
+                      args.overwrite, executor, args.tensorboard, exclude, pseudo, data)
+    _say_pseudo_labels(metrics)
     _report(metrics, args.out, with_submission=True)
     if api is not None:
         from .kaggle import submit
@@ -393,14 +446,25 @@ def _kaggle_before_training(message: str, test_rows: int) -> object:
 
 def cmd_train(args: argparse.Namespace) -> None:
     cfg, _ = _training_command(args)
+    pseudo = _pseudo_source(args)
+    if args.test is not None and pseudo is None:
+        raise UsageError("--test: read only with --pseudo-labels RUN ('train' predicts no test set; 'run' does)")
+    if pseudo is not None and args.train is not None and args.test is None:
+        raise UsageError("--pseudo-labels: give --test FILE too, the test.csv that goes with --train FILE (the "
+                         "embedded test digits go with the embedded training digits only)")
     from .runs import train_run
 
     train = load_embedded()[0] if args.train is None else read_train(args.train)
+    test = None
+    if pseudo is not None:
+        test = load_embedded()[1] if args.test is None else read_test(args.test)
     exclude = _excluded(args.exclude_rows, len(train))
+    data = "the embedded digits" if args.train is None else str(args.train)
     executor = _executor(args, cfg.device)
     with _closing(executor):
         metrics = train_run(train, args.out, args.model, cfg, not args.quiet, args.members, args.folds,
-                            args.overwrite, executor, args.tensorboard, exclude)
+                            args.overwrite, executor, args.tensorboard, exclude, pseudo, test, data)
+    _say_pseudo_labels(metrics)
     _report(metrics, args.out, with_submission=False)
 
 

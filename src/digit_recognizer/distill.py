@@ -60,7 +60,7 @@ from .rundir import (
     read_trained_records,
     read_trained_run,
 )
-from .runs import per_class
+from .runs import network_probabilities, per_class
 
 DEFAULT_TEMPERATURE = 2.0
 TEACHER_USE = "distil a run made by 'run' or 'train' (a single run, --members N and/or --folds K)"
@@ -107,10 +107,7 @@ def teacher_probabilities(teacher: TrainedRun, teacher_jobs: list[Job], train: D
                           device: str = "cpu") -> TeacherProba:
     """Every teacher network, loaded from its files (all of them checked before any predicts), predicting every
     training row and every test image."""
-    run_dir = RunDir(teacher.path)
-    models = {job.name: load_model(run_dir.job_dir(job.name), device=device) for job in teacher_jobs}
-    return TeacherProba({name: estimator_proba(model, train.images) for name, model in models.items()},
-                        {name: estimator_proba(model, test.images) for name, model in models.items()})
+    return TeacherProba(*network_probabilities(teacher, teacher_jobs, train.images, test.images, device=device))
 
 
 def student_targets(student: Student, proba: TeacherProba, temperature: float) -> np.ndarray:

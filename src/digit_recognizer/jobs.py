@@ -1,11 +1,13 @@
 """The unit of work: a training job, its records, the one function that trains it, and the plans made of jobs.
 
 A single run, each member x fold of an ensemble, and each method x fold of a comparison is a :class:`Job`: a
-method and its settings, the rows it trains on and the rows it is scored on, and its name in the run
-directory. :func:`train_job` trains one and returns a :class:`JobResult` (the fitted model, history, held-out
-probabilities, timings) without writing anything. A finished job is kept as a :class:`JobRecord`: its
-:class:`JobSummary` (``job.json``), held-out probabilities and history. Running a plan's jobs, here or on a
-cluster, is :mod:`digit_recognizer.execute`'s; keeping their records, :mod:`digit_recognizer.rundir`'s.
+method and its settings, the rows it trains on and the rows it is scored on, its name in the run directory and,
+in the second stage of a run with pseudo-labels, the test images it also learns from with the digits a finished
+run gave them (:class:`PseudoLabels`, chosen by :func:`with_pseudo_labels`). :func:`train_job` trains one and
+returns a :class:`JobResult` (the fitted model, history, held-out probabilities, timings) without writing
+anything. A finished job is kept as a :class:`JobRecord`: its :class:`JobSummary` (``job.json``), held-out
+probabilities and history. Running a plan's jobs, here or on a cluster, is :mod:`digit_recognizer.execute`'s;
+keeping their records, :mod:`digit_recognizer.rundir`'s.
 """
 
 from __future__ import annotations
@@ -28,6 +30,28 @@ if TYPE_CHECKING:
     from sklearn.base import BaseEstimator
 
 
+@dataclass(frozen=True)
+class PseudoLabels:
+    """Test images a job also trains on, each with the digit its teachers (networks of a finished run) gave it.
+
+    Indices and labels only, not images: a job stays cheap to send to a cluster, which has the test set already.
+    """
+
+    rows: np.ndarray               # indices into the test set
+    labels: np.ndarray             # the teachers' digit for each
+    teachers: tuple[str, ...]      # the teacher run's jobs whose mean probabilities chose them
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def added_to(self, digits: Digits, test: Digits | None) -> Digits:
+        """``digits`` followed by these test images with their pseudo-labels."""
+        if test is None:
+            raise ValueError("a job with pseudo-labels needs the test images")
+        return Digits(np.concatenate([digits.images, test.images[self.rows]]),
+                      np.concatenate([digits.labels, self.labels]))
+
+
 @dataclass
 class Job:
     """What to train, on which rows, and where its results go."""
@@ -43,6 +67,7 @@ class Job:
     keep_model: bool = True    # write the fitted model (a comparison keeps only the probabilities)
     predict_test: bool = False  # also return probabilities for the test digits
     heldout_tta: bool = False  # also score the held-out rows with test-time augmentation (ensembles report it)
+    pseudo_labels: PseudoLabels | None = None  # test images it also trains on (a run with --pseudo-labels)
 
 
 @dataclass
@@ -78,19 +103,20 @@ class JobSummary:
     scored_rows: int
     epochs: int              # networks: epochs trained; 0 for a scikit-learn method
     resources: dict | None = None  # on a cluster, the CPUs and GPUs the task was given
+    pseudo_labels: int | None = None  # test images it also trained on (a run with --pseudo-labels); else absent
 
     @classmethod
     def from_dict(cls, values: dict, where: str) -> JobSummary:
         """Check ``values`` (names, types, ranges) as read from a file; raises RunDirError naming ``where``."""
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(fields))
-        missing = sorted(set(fields) - set(values) - {"resources"})
+        missing = sorted(set(fields) - set(values) - _OPTIONAL)
         if unknown or missing:
             raise RunDirError(f"{where}: {'unknown key ' + repr(unknown[0]) if unknown else 'no ' + repr(missing[0])}")
         for name, kind in fields.items():
             value = values.get(name)
-            ok = {"str": isinstance(value, str),
-                  "int": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+            whole = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            ok = {"str": isinstance(value, str), "int": whole, "int | None": value is None or whole,
                   "float": isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
                   and value >= 0}.get(kind)
             if kind.startswith("dict"):
@@ -104,11 +130,15 @@ class JobSummary:
         return cls(**values)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        if self.pseudo_labels is None:  # only a job that learned from test images says so: others read as before
+            del values["pseudo_labels"]
+        return values
 
 
-_KIND_WORDS = {"str": "a string", "int": "a whole number >= 0", "float": "a finite number >= 0",
-               "dict | None": "null or a table of numbers"}
+_OPTIONAL = {"resources", "pseudo_labels"}  # keys a job.json may lack (one of a run without pseudo-labels)
+_KIND_WORDS = {"str": "a string", "int": "a whole number >= 0", "int | None": "null or a whole number >= 0",
+               "float": "a finite number >= 0", "dict | None": "null or a table of numbers"}
 
 
 @dataclass
@@ -141,9 +171,12 @@ def train_job(job: Job, digits: Digits, test: Digits | None = None, device: str 
             fit_rows, monitor = train, scored  # one-cycle takes no decision from the monitored rows
         else:  # the plateau schedule reacts to validation accuracy: give it a split of the job's own rows
             fit_rows, monitor = split(train, job.config.val_fraction, job.config.seed)
+        # Pseudo-labelled test images are learned from, never monitored: the split above is the run's without them.
+        fit_rows = _learned(fit_rows, job, test)
         estimator.fit(fit_rows.images, fit_rows.labels, monitor.images, monitor.labels, checkpoint=checkpoint)
     else:
-        estimator.fit(train.images, train.labels)
+        fit_rows = _learned(train, job, test)
+        estimator.fit(fit_rows.images, fit_rows.labels)
     seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -160,6 +193,11 @@ def train_job(job: Job, digits: Digits, test: Digits | None = None, device: str 
         estimator.network_.cpu()  # results travel (and are saved) from the CPU
     return JobResult(job, estimator if job.keep_model else None, history, accuracy(proba, scored.labels), proba,
                      proba_tta, test_proba, seconds, predict_seconds, socket.gethostname(), str(device))
+
+
+def _learned(rows: Digits, job: Job, test: Digits | None) -> Digits:
+    """What a job fits on: its training rows, and the test images of its pseudo-labels (hard targets) if any."""
+    return rows if job.pseudo_labels is None else job.pseudo_labels.added_to(rows, test)
 
 
 # --- plans ---------------------------------------------------------------------------------------------------
@@ -249,6 +287,29 @@ def plan_jobs(method: str, cfg: TrainConfig, labels: np.ndarray, members: int = 
     if members != 1 or folds != 1:
         return ensemble_jobs(method, cfg, labels, members, folds, exclude_rows)
     return [single_job(method, cfg, labels, exclude_rows)]
+
+
+def with_pseudo_labels(jobs: list[Job], folds: int, teachers: list[Job], test_proba: dict[str, np.ndarray],
+                       threshold: float) -> list[Job]:
+    """The ``jobs`` of a plan of ``folds`` folds, each also trained on the test images its teachers are sure of:
+    those whose mean probability over its teacher networks of their most probable digit is at least ``threshold``,
+    labelled with that digit.
+
+    ``teachers`` are the jobs of a finished run, ``test_proba`` each one's probabilities of the test images by job
+    name. With K >= 2 folds, a job's teachers are the networks scored on exactly its scored rows (every member of
+    that fold of the finished run): they never trained on those rows, so the test images carry no knowledge of the
+    labels the job is scored on into it. With one fold, every teacher network takes part.
+    """
+    labelled = []
+    for job in jobs:
+        names = tuple(t.name for t in teachers if folds == 1 or np.array_equal(t.scored_rows, job.scored_rows))
+        if not names:  # the caller checks the folds first; this guards honesty against any other plan
+            raise ValueError(f"job {job.name}: no teacher network was scored on its rows; pseudo-labels need the "
+                             "teacher run's folds")
+        mean = np.mean([test_proba[name] for name in names], axis=0)
+        rows = np.flatnonzero(mean.max(1) >= threshold)
+        labelled.append(dataclasses.replace(job, pseudo_labels=PseudoLabels(rows, mean[rows].argmax(1), names)))
+    return labelled
 
 
 def compare_jobs(methods: list[str], labels: np.ndarray, folds: int, val_fraction: float, seed: int,

@@ -3,8 +3,9 @@
 :func:`render_report` builds one self-contained page from what a run directory holds: the settings
 (``run.json``), the metrics (``metrics.json``, per-class accuracy included), the learning curves, the confusion
 matrix and the most confident errors (its PNG figures, inlined as ``data:`` URIs), for an ensemble the
-members' table, and once the run has been audited (:mod:`digit_recognizer.audit`) the gallery of the rows whose
-label is probably wrong. The page loads nothing from anywhere: no scripts, no fonts, no links off the page.
+members' table, for a second stage the test images it learned from with pseudo-labels, and once the run has been
+audited (:mod:`digit_recognizer.audit`) the gallery of the rows whose label is probably wrong. The page loads
+nothing from anywhere: no scripts, no fonts, no links off the page.
 
 It is written through :class:`~digit_recognizer.rundir.RunDir`, the only writer of a run directory.
 """
@@ -84,6 +85,7 @@ def render_report(run_dir: RunDir) -> str:
     if ensemble:
         sections.append(("members", "Members", _table(metrics.get("table", []),
                                                       ["model", "accuracy", "accuracy_tta", "train_seconds"])))
+    sections.append(("pseudo-labels", "Pseudo-labelled test images", _pseudo_labels(metrics.get("pseudo_labels"))))
     execution = metrics.get("execution", {})
     if execution:
         sections.append(("execution", "Where it ran", _key_values(
@@ -143,7 +145,26 @@ def _settings(what: dict) -> str:
     run = {key: what[key] for key in ("kind", "method", "members", "folds", "data", "version") if key in what}
     if isinstance(what.get("exclude_rows"), list):
         run["excluded rows (never trained on)"] = len(what["exclude_rows"])
+    if isinstance(what.get("pseudo_labels"), dict):
+        run["pseudo-label threshold"] = what["pseudo_labels"].get("threshold")
     return f'<div class="cols"><div>{_key_values(run)}</div><div>{_key_values(what.get("train", {}))}</div></div>'
+
+
+def _pseudo_labels(pseudo: object) -> str:
+    """How many test images each fold's jobs learned from, the threshold, and the teacher networks that chose them."""
+    if not isinstance(pseudo, dict):
+        return ""
+    folds = pseudo.get("folds", [])
+    rows = [{"fold": "every job" if entry.get("fold") is None else entry.get("fold"),
+             "test images used": entry.get("used"), "teachers": ", ".join(map(str, entry.get("teachers", [])))}
+            for entry in folds if isinstance(entry, dict)]
+    honest = (" The jobs of fold k learned only from the teacher's networks of fold k, which never trained on the "
+              "rows fold k is scored on." if len(rows) > 1 else "")
+    return (f"<p>Besides its training rows, each job trained on the test images (of "
+            f"{escape(_format(pseudo.get('test_images')))}) whose mean probability of their most probable digit "
+            f"over its teacher networks, of the run {escape(str(pseudo.get('teacher')))}, is at least "
+            f"{escape(_format(pseudo.get('threshold')))}, labelled with that digit.{escape(honest)}</p>"
+            + _table(rows, ["fold", "test images used", "teachers"]))
 
 
 def _figure(png: bytes | None, alt: str, caption: str) -> str:

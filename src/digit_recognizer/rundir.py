@@ -1,11 +1,11 @@
 """The run directory: its layout, what made it, and the only code that writes into it.
 
 A run directory holds ``run.json`` (what made it: the kind of run, the method, its settings, the ensemble's
-size, a digest of the training data and the rows left out of training, if any), the outputs of the run
-(``metrics.json``, figures, ``report.html``, ``submission.csv``, ``comparison.csv``, with ``--tensorboard`` the
-event files under ``tensorboard/``, and the label audit's ``label_issues.csv`` and ``label_issues.png``) and one
-record per training job: a single run's job at the top, the jobs of an ensemble or a comparison under
-``jobs/<name>/``. A job's record is ``config.json`` (method and settings), its model
+size, a digest of the training data, the rows left out of training and the source of pseudo-labels, if any), the
+outputs of the run (``metrics.json``, figures, ``report.html``, ``submission.csv``, ``comparison.csv``, with
+``--tensorboard`` the event files under ``tensorboard/``, and the label audit's ``label_issues.csv`` and
+``label_issues.png``) and one record per training job: a single run's job at the top, the jobs of an ensemble or
+a comparison under ``jobs/<name>/``. A job's record is ``config.json`` (method and settings), its model
 (``model.safetensors`` or ``model.skops``) where kept, ``history.csv`` (networks), ``heldout.npz`` (held-out
 probabilities) and, written last, ``job.json``: a job whose ``job.json`` exists has finished.
 
@@ -216,7 +216,8 @@ class RunDir:
             np.savez(handle, **arrays)
         summary = JobSummary(job.name, job.method, float(result.accuracy), round(result.seconds, 2),
                              round(result.predict_seconds, 3), result.where, result.device, len(job.train_rows),
-                             len(job.scored_rows), len(result.history or []), result.resources)
+                             len(job.scored_rows), len(result.history or []), result.resources,
+                             len(job.pseudo_labels) if job.pseudo_labels is not None else None)
         write_json(summary.to_dict(), folder / JOB_FILE)
         (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
         return JobRecord(job.name, summary, job.scored_rows, result.proba, result.proba_tta, result.test_proba,
@@ -231,6 +232,8 @@ class RunDir:
         network = check_method(job.method).network
         expected = {"name": job.name, "method": job.method, "train_rows": len(job.train_rows),
                     "scored_rows": len(job.scored_rows), "epochs": job.config.epochs if network else 0}
+        if job.pseudo_labels is not None:  # a reader of a finished run as input plans its jobs without them
+            expected["pseudo_labels"] = len(job.pseudo_labels)
         for key, value in expected.items():
             if getattr(summary, key) != value:
                 raise RunDirError(f"{where}: '{key}' is {getattr(summary, key)!r}, but the job has {value!r}; "
@@ -575,7 +578,7 @@ def _differences(old: dict, new: dict) -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
             changed += [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         elif a != b:
-            # Data and row lists by name only: their values are digests or thousands of numbers.
-            changed.append(f"{key} {a!r} -> {b!r}" if key not in ("data", "test_data", "exclude_rows")
+            # Data, row lists and a table added or dropped by name only: digests, numbers, paths.
+            changed.append(f"{key} {a!r} -> {b!r}" if key not in ("data", "test_data", "exclude_rows", "pseudo_labels")
                            else f"other {key}")
     return changed

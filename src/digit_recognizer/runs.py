@@ -13,12 +13,22 @@ given.
 
 A single run or an ensemble can leave rows out of training (``exclude_rows``, ``--exclude-rows``): they leave every
 training part and stay in every scored part, so that the scores still cover them.
+
+A single run or an ensemble can be the second stage of another (``pseudo_labels``, ``--pseudo-labels RUN``): each job
+also trains on the test images that the finished run's networks label with confidence, those digits as their labels
+(:func:`~digit_recognizer.jobs.with_pseudo_labels`). With K folds, the job of fold k takes them only from the
+networks of the finished run's fold k, which never trained on the rows it is scored on; so the folds must be the
+same (:func:`pseudo_labelled`).
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -26,9 +36,10 @@ import pandas as pd
 from . import tensorboard as events
 from .config import METHOD_NAMES, METHODS, TrainConfig, check_method, choose, method_config
 from .data import Digits
+from .errors import UsageError
 from .evaluate import accuracy, confident_errors, log_loss
 from .execute import Executor, InProcess, run_jobs
-from .jobs import Job, JobRecord, compare_jobs, excluded_rows, plan_jobs
+from .jobs import Job, JobRecord, compare_jobs, excluded_rows, plan_jobs, with_pseudo_labels
 from .loading import load_model
 from .methods import estimator_proba, make_estimator
 from .plots import plot_comparison, plot_confusion, plot_curves, plot_errors, plot_member_curves
@@ -41,15 +52,40 @@ from .rundir import (
     ERRORS_FILE,
     SUBMISSION_FILE,
     RunDir,
+    TrainedRun,
     digest,
     manifest,
+    read_trained_records,
+    read_trained_run,
 )
+
+if TYPE_CHECKING:
+    from sklearn.base import BaseEstimator
+
+DEFAULT_PSEUDO_THRESHOLD = 0.99
+PSEUDO_USE = "--pseudo-labels takes a finished run made by 'run' or 'train' on the same training data"
+
+
+@dataclass(frozen=True)
+class PseudoLabelSource:
+    """Where a second stage's pseudo-labels come from: a finished run of ``run`` or ``train`` on the same training
+    data, and the mean probability of its most probable digit a test image needs to be used."""
+
+    teacher: Path
+    threshold: float = DEFAULT_PSEUDO_THRESHOLD
+
+
+def check_pseudo_threshold(threshold: float) -> None:
+    """Refuse (UsageError naming the flag) a threshold that is not a number strictly between 0 and 1."""
+    if not (isinstance(threshold, int | float) and math.isfinite(threshold) and 0 < threshold < 1):
+        raise UsageError(f"--pseudo-threshold: must be a number above 0 and below 1, got {threshold!r}")
 
 
 def train_run(
     digits: Digits, out: str | Path, method: str = "cnn", cfg: TrainConfig | None = None, progress: bool = True,
     members: int = 1, folds: int = 1, overwrite: bool = False, executor: Executor | None = None,
     tensorboard: bool = False, exclude_rows: Sequence[int] | np.ndarray | None = None,
+    pseudo_labels: PseudoLabelSource | None = None, test: Digits | None = None, source: str = "the training data",
 ) -> dict:
     """Train ``method`` into the run directory ``out`` and report; returns the metrics (also ``metrics.json``).
 
@@ -58,22 +94,26 @@ def train_run(
     (default: one after another in this process, on ``cfg.device``). ``tensorboard`` also logs each job, and
     the run, to TensorBoard under ``out/tensorboard/`` (it changes no result: a run resumes with or without it).
     ``exclude_rows`` (0-based row indices of ``digits``) are never trained on but still scored; they are part of
-    what identifies the run. ``report.html`` is written last.
+    what identifies the run. ``pseudo_labels`` makes the run a second stage: its jobs also train on the ``test``
+    images that run's networks label with confidence (:func:`pseudo_labelled`; ``source`` names ``digits`` in the
+    message when they are not that run's training data). ``report.html`` is written last.
     """
     return _train(RunDir(out), digits, method, cfg, progress, members, folds, overwrite, executor, tensorboard,
-                  exclude_rows)
+                  exclude_rows, pseudo_labels, test, source)
 
 
 def run(
     train: Digits, test: Digits, out: str | Path, method: str = "cnn", cfg: TrainConfig | None = None,
     progress: bool = True, members: int = 1, folds: int = 1, tta: bool = False, overwrite: bool = False,
     executor: Executor | None = None, tensorboard: bool = False, exclude_rows: Sequence[int] | np.ndarray | None = None,
+    pseudo_labels: PseudoLabelSource | None = None, source: str = "the training data",
 ) -> dict:
-    """:func:`train_run`, then predict ``test`` with the run's model(s) and write ``out/submission.csv``."""
+    """:func:`train_run`, then predict ``test`` with the run's model(s) and write ``out/submission.csv``; with
+    ``pseudo_labels``, the run also trains on the ``test`` images that run labels with confidence."""
     run_dir = RunDir(out)
     cfg = cfg or method_config(method)
     metrics = _train(run_dir, train, method, cfg, progress, members, folds, overwrite, executor, tensorboard,
-                     exclude_rows)
+                     exclude_rows, pseudo_labels, test, source)
     # The model is read back from its files: the jobs of a resumed run were trained by another process.
     model = load_model(run_dir.path, device=cfg.device, tta=tta)
     run_dir.write_submission(estimator_proba(model, test.images).argmax(1))
@@ -82,7 +122,8 @@ def run(
 
 def _train(run_dir: RunDir, digits: Digits, method: str, cfg: TrainConfig | None, progress: bool, members: int,
            folds: int, overwrite: bool, executor: Executor | None, tensorboard: bool,
-           exclude_rows: Sequence[int] | np.ndarray | None = None) -> dict:
+           exclude_rows: Sequence[int] | np.ndarray | None = None, pseudo: PseudoLabelSource | None = None,
+           test: Digits | None = None, source: str = "the training data") -> dict:
     cfg = cfg or method_config(method)
     cfg.validate()
     if tensorboard and events.tensorboard_missing():
@@ -91,17 +132,23 @@ def _train(run_dir: RunDir, digits: Digits, method: str, cfg: TrainConfig | None
     ensemble = members != 1 or folds != 1
     jobs = plan_jobs(method, cfg, digits.labels, members, folds, exclude_rows)
     excluded = excluded_rows(exclude_rows, len(digits)).tolist()
+    teacher, recorded = None, {"exclude_rows": excluded} if excluded else {}
+    if pseudo is not None:  # everything read and checked before run.json is written
+        if test is None:
+            raise ValueError("pseudo-labels need the test images")
+        jobs, teacher = pseudo_labelled(jobs, folds, digits, test, cfg, pseudo, run_dir.path, source)
+        recorded["pseudo_labels"] = _pseudo_manifest(teacher, pseudo, test)
     executor = executor or InProcess(cfg.device)
-    # The excluded rows decide every job's training rows: a run without any records none (so a run made before
-    # exclusions existed resumes), and another list is other settings.
+    # The excluded rows and the pseudo-labels' source decide every job's training rows: a run without them records
+    # none (so a run made before they existed resumes), and another list or source is other settings.
     run_dir.start(manifest("ensemble" if ensemble else "single", [job.name for job in jobs if job.name],
-                           method=method, train=cfg, members=members, folds=folds, data=digest(digits),
-                           **({"exclude_rows": excluded} if excluded else {})), overwrite)
+                           method=method, train=cfg, members=members, folds=folds, data=digest(digits), **recorded),
+                  overwrite)
 
     def log_events(job: Job, record: JobRecord) -> None:
         events.write_job_events(run_dir, job, record.history, record.summary.accuracy)
 
-    records = run_jobs(jobs, digits, run_dir, executor, progress=progress,
+    records = run_jobs(jobs, digits, run_dir, executor, test=test if teacher is not None else None, progress=progress,
                        on_record=log_events if tensorboard else None)
     if tensorboard:  # jobs that finished before, in a run started without --tensorboard
         for job in jobs:
@@ -113,6 +160,8 @@ def _train(run_dir: RunDir, digits: Digits, method: str, cfg: TrainConfig | None
         metrics = _report_single(run_dir, digits, records[""], method)
     if excluded:
         metrics["excluded_rows"] = len(excluded)  # never trained on, scored all the same
+    if teacher is not None:
+        metrics["pseudo_labels"] = _pseudo_metrics(jobs, folds, pseudo, len(test))
     metrics["execution"] = {**executor.execution(), "jobs": [
         {"name": r.summary.name, "where": r.summary.where, "device": r.summary.device, "seconds": r.summary.seconds}
         for r in records.values()]}
@@ -121,6 +170,58 @@ def _train(run_dir: RunDir, digits: Digits, method: str, cfg: TrainConfig | None
         events.write_run_events(run_dir, metrics)
     run_dir.write_report(render_report(run_dir))
     return metrics
+
+
+def pseudo_labelled(jobs: list[Job], folds: int, digits: Digits, test: Digits, cfg: TrainConfig,
+                    pseudo: PseudoLabelSource, out: Path, source: str = "the training data",
+                    ) -> tuple[list[Job], TrainedRun]:
+    """The ``jobs`` of a plan of ``folds`` folds (drawn with ``cfg.seed``), each with the ``test`` images its
+    teachers in the finished run ``pseudo.teacher`` are sure of; and that run, read back.
+
+    The teacher must be a finished run of ``run`` or ``train`` on ``digits`` (``source`` names them in the message)
+    and, when ``folds`` >= 2, of the same folds: the job of fold k learns only from the networks that never saw
+    fold k. Its networks are loaded from their files and predict the test images here (on ``cfg.device``). Every
+    fault raises (UsageError, RunDirError, DataError) naming the flag or the file, before anything is written.
+    """
+    check_pseudo_threshold(pseudo.threshold)
+    teacher = read_trained_run(pseudo.teacher, PSEUDO_USE)
+    if os.path.realpath(out) == os.path.realpath(teacher.path):
+        raise UsageError(f"{out}: is the --pseudo-labels run itself; choose another --out")
+    if folds > 1 and (teacher.folds, teacher.cfg.seed) != (folds, cfg.seed):
+        drawn = (f"{teacher.folds} folds drawn with seed {teacher.cfg.seed}" if teacher.folds > 1
+                 else "one validation split, not folds")
+        raise UsageError(f"--pseudo-labels {teacher.path}: trained on {drawn}, but this run has {folds} folds drawn "
+                         f"with seed {cfg.seed}; the job of fold k takes pseudo-labels only from the networks that "
+                         "never trained on fold k, so the folds must be the same"
+                         + (f": give --folds {teacher.folds} --seed {teacher.cfg.seed}" if teacher.folds > 1 else ""))
+    teacher_jobs = [job for job, _ in read_trained_records(teacher, digits, source)]
+    test_proba = network_probabilities(teacher, teacher_jobs, test.images, device=cfg.device)[0]
+    return with_pseudo_labels(jobs, folds, teacher_jobs, test_proba, pseudo.threshold), teacher
+
+
+def network_probabilities(run: TrainedRun, jobs: list[Job], *images: np.ndarray, device: str = "cpu",
+                          ) -> list[dict[str, np.ndarray]]:
+    """Each network of the finished ``run`` (its ``jobs``), loaded from its files, all of them checked before any
+    predicts; for each set of ``images``, every network's probabilities by job name."""
+    run_dir = RunDir(run.path)
+    models: dict[str, BaseEstimator] = {job.name: load_model(run_dir.job_dir(job.name), device=device)
+                                        for job in jobs}
+    return [{name: estimator_proba(model, x) for name, model in models.items()} for x in images]
+
+
+def _pseudo_manifest(teacher: TrainedRun, pseudo: PseudoLabelSource, test: Digits) -> dict:
+    """What run.json records of the pseudo-labels' source: another teacher, threshold or test set is other
+    settings. The path resolved, so that the same teacher named from another folder still resumes."""
+    return {"teacher": str(teacher.path.resolve()), "data": teacher.data, "test_data": digest(test),
+            "threshold": pseudo.threshold}
+
+
+def _pseudo_metrics(jobs: list[Job], folds: int, pseudo: PseudoLabelSource, test_images: int) -> dict:
+    """How many test images each fold learned from (every member of a fold alike), and from which teachers."""
+    return {"teacher": str(pseudo.teacher), "threshold": pseudo.threshold, "test_images": test_images,
+            "folds": [{"fold": k if folds > 1 else None, "used": len(job.pseudo_labels),
+                       "teachers": list(job.pseudo_labels.teachers)}
+                      for k, job in enumerate(jobs[:folds])]}  # member 0's jobs, fold by fold
 
 
 def result_line(metrics: dict, out: Path, with_submission: bool) -> tuple[str, float]:
