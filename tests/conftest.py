@@ -113,3 +113,19 @@ def asymmetric_digit() -> np.ndarray:
     image = np.zeros((28, 28), dtype=np.uint8)
     image[6:22, 5:11] = 255
     return image
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (temporary files included) by relative path, with its bytes: what a refused
+    command must leave exactly as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error_line(capsys: pytest.CaptureFixture, *fragments: str) -> str:
+    """stderr, checked to be exactly one error line of the command line holding every fragment."""
+    err = capsys.readouterr().err
+    assert err.startswith("digit-recognizer: error: ") and err.count("\n") == 1, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    return err
+

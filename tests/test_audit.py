@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_FLAGS, tiny
+from conftest import TINY_FLAGS, one_error_line, snapshot, tiny
 
 import digit_recognizer.execute as execute_module
 from digit_recognizer.audit import TABLE_COLUMNS, LabelIssues, find_label_issues, out_of_fold_proba, read_run
@@ -68,17 +68,6 @@ def copy_run(run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(run, tmp_path / "run", symlinks=True))
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (temporary files included) by relative path, with its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def one_error_line(capsys, *fragments: str) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("digit-recognizer: error: ") and err.count("\n") == 1, err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-    return err
 
 
 def audit(run: Path, data_dir: Path) -> int:

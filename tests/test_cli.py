@@ -15,7 +15,7 @@ from unittest.mock import patch
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_FLAGS
+from conftest import TINY_FLAGS, one_error_line
 
 import digit_recognizer.train as train_module
 from digit_recognizer import __version__
@@ -23,14 +23,6 @@ from digit_recognizer.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
-
-def one_error_line(capsys, *fragments: str) -> str:
-    """stderr, checked to be exactly one error line holding every fragment."""
-    err = capsys.readouterr().err
-    assert err.startswith("digit-recognizer: error: ") and err.count("\n") == 1, err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-    return err
 
 
 def test_compare_with_folds_scores_every_row_out_of_fold(small_data_dir, tmp_path, capsys):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_FLAGS, tiny
+from conftest import TINY_FLAGS, one_error_line, snapshot, tiny
 
 import digit_recognizer.train as training_loop
 from digit_recognizer.cli import main
@@ -29,15 +29,6 @@ TEACHER_FLAGS = ["--preset", "fast", *SETTINGS, "--members", "2", "--folds", "2"
 STUDENT_FLAGS = [*SETTINGS, "--quiet"]
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def one_error_line(capsys, *fragments: str) -> None:
-    err = capsys.readouterr().err
-    assert err.startswith("digit-recognizer: error: ") and err.count("\n") == 1, err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +124,9 @@ def test_the_student_is_a_single_run_that_predict_and_export_take(student, test_
     assert metrics["estimate"] == "out-of-fold" and metrics["rows_scored"] == 4000
     assert metrics["errors"] == round((1 - metrics["val_accuracy"]) * 4000)
     assert metrics["val_accuracy"] > 0.5  # it learned (tiny networks: about 0.9)
+    page = (student / "report.html").read_text()
+    assert "one network distilled from 2 x 2 teacher networks" in page and "one training run" not in page
+    assert "students&#x27; out-of-fold accuracy" in page or "students' out-of-fold accuracy" in page
 
     sub = tmp_path / "sub.csv"
     assert main(["predict", "--model", str(student), "--test", str(test_csv), "--out", str(sub)]) == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_FLAGS
+from conftest import TINY_FLAGS, one_error_line, snapshot
 
 import digit_recognizer.execute as execute
 import digit_recognizer.runs as runs
@@ -33,15 +33,6 @@ FOLDS = ["--members", "1", "--folds", "2"]
 THRESHOLD = 0.6
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def one_error_line(capsys, *fragments: str) -> None:
-    err = capsys.readouterr().err
-    assert err.startswith("digit-recognizer: error: ") and err.count("\n") == 1, err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
+from conftest import one_error_line
 
 import digit_recognizer.rundir as rundir_module
 from digit_recognizer.cli import main
@@ -22,14 +23,6 @@ TINY = ["--preset", "fast", "--epochs", "2", "--filters", "4,8,8", "--dense", "1
 def run(data_dir, out, *extra) -> int:
     return main(["run", "--data-dir", str(data_dir), "--out", str(out), *TINY, *extra])
 
-
-def one_error_line(capsys, *fragments: str) -> str:
-    """stderr holds exactly one line, an error naming every fragment."""
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("digit-recognizer: error: "), err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ from its last finished epoch to the same result."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import snapshot
 from safetensors.numpy import load_file
 
 import digit_recognizer.rundir as rundir_module
@@ -79,10 +79,6 @@ def test_other_training_data_is_refused(small_data_dir, tmp_path, capsys, embedd
     assert main(["run", "--data-dir", str(other), "--out", str(out), *TINY]) == 2
     assert "other data" in capsys.readouterr().err
 
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` by relative path, with its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_a_folder_without_run_json_is_never_cleared(small_data_dir, tmp_path, capsys):

@@ -75,7 +75,8 @@ def run_jobs(jobs: list[Job], digits: Digits, run_dir: RunDir, executor: Executo
             if progress and several:
                 left = (len(pending) - done) * (time.perf_counter() - started) / done
                 eta = f", {len(pending) - done} to go, ETA {format_duration(left)}" if done < len(pending) else ""
-                tqdm.write(f"{result.job.name}: held-out accuracy {result.accuracy:.4f}, {result.seconds:.0f}s on "
+                name = result.job.name or "the run's own network"  # a distilled run's served student has no name
+                tqdm.write(f"{name}: held-out accuracy {result.accuracy:.4f}, {result.seconds:.0f}s on "
                            f"{result.where} ({result.device}){eta}", file=sys.stderr)
     finally:
         bar.close()

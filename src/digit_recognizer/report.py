@@ -59,6 +59,16 @@ def render_report(run_dir: RunDir) -> str:
                     "single model": metrics.get("single_model_accuracy"),
                     "training (s)": metrics.get("train_seconds")}
         scored = f"the {metrics.get('rows_scored', 0):,} held-out rows, ensemble with test-time augmentation"
+    elif what["kind"] == "distill":
+        teacher = what["teacher"] if isinstance(what.get("teacher"), dict) else {}
+        title = f"{method}: one network distilled from {teacher.get('members', '?')} x {teacher.get('folds', '?')} " \
+                "teacher networks"
+        estimate = metrics.get("estimate")
+        headline = {f"students' {estimate} accuracy" if estimate else "not scored": metrics.get("val_accuracy"),
+                    "teachers' accuracy": metrics.get("teacher_accuracy"), "temperature": metrics.get("temperature"),
+                    "training (s)": metrics.get("train_seconds")}
+        scored = (f"the {metrics.get('rows_scored', 0):,} rows its students were scored on ({estimate}: each by a "
+                  "student whose teachers never trained on it)") if estimate else "no rows (--no-score)"
     else:
         title = f"{method}: one training run"
         headline = {"validation accuracy": metrics.get("val_accuracy"), "validation loss": metrics.get("val_loss"),
