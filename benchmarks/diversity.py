@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,19 +23,14 @@ import numpy as np
 
 from digit_recognizer.audit import read_run
 from digit_recognizer.data import find_csv, read_train
-from digit_recognizer.jobs import plan_jobs
-from digit_recognizer.rundir import RunDir, digest
+from digit_recognizer.rundir import read_trained_records
 
 
 def out_of_fold(path: Path, train, tta: bool) -> np.ndarray:
     """The run's out-of-fold probabilities of every training row (mean over its members), each record checked."""
     run = read_run(path)
-    if run.data != digest(train):
-        sys.exit(f"diversity: {path}: not trained on this training data")
-    jobs = plan_jobs(run.method, run.cfg, train.labels, run.members, run.folds, run.exclude_rows)
     proba = np.zeros((run.members, len(train.labels), 10), dtype=np.float32)
-    for i, job in enumerate(jobs):
-        record = RunDir(path).read_job(job)
+    for i, (_, record) in enumerate(read_trained_records(run, train, "train.csv")):  # member by member, fold by fold
         proba[i // run.folds, record.scored_rows] = record.proba_tta if tta else record.proba
     return proba.mean(0)
 

@@ -24,12 +24,11 @@ import numpy as np
 from recipes import git_state
 from seed_recipe import machine
 
-from digit_recognizer.config import TrainConfig, completed
+from digit_recognizer.audit import read_run
 from digit_recognizer.data import find_csv, read_test, read_train
 from digit_recognizer.evaluate import network_proba
-from digit_recognizer.jobs import plan_jobs
 from digit_recognizer.loading import load_model
-from digit_recognizer.rundir import RunDir, digest
+from digit_recognizer.rundir import RunDir, read_trained_records
 
 # Whole-pixel shifts (down, right); each set starts with the image itself.
 SHIFT_SETS = {
@@ -41,21 +40,15 @@ SHIFT_SETS = {
 
 
 def score(run_path: Path, train, test, results: Path) -> None:
-    run_dir = RunDir(run_path)
-    made = run_dir.read_manifest()
-    if made.get("data") != digest(train):
-        sys.exit(f"tta: {run_path}: not trained on this training data")
-    cfg = TrainConfig.from_dict(completed(made["train"]), "train")
-    jobs = plan_jobs(made["method"], cfg, train.labels, made["members"], made["folds"])
-    if made["folds"] < 2:
-        sys.exit(f"tta: {run_path}: not a K-fold run; only those score every row out of fold")
-    networks = [load_model(run_dir.job_dir(job.name)).network_ for job in jobs]
+    run = read_run(run_path)  # a K-fold run, checked
+    jobs = [job for job, _ in read_trained_records(run, train, "train.csv")]  # finished, on this data
+    networks = [load_model(RunDir(run_path).job_dir(job.name)).network_ for job in jobs]
     info, state = machine(), git_state()
     for name, shifts in SHIFT_SETS.items():
         load_start = os.getloadavg()
-        proba = np.zeros((made["members"], len(train.labels), 10), dtype=np.float32)
+        proba = np.zeros((run.members, len(train.labels), 10), dtype=np.float32)
         for i, (job, network) in enumerate(zip(jobs, networks, strict=True)):
-            proba[i // made["folds"], job.scored_rows] = network_proba(
+            proba[i // run.folds, job.scored_rows] = network_proba(
                 network, train.images[job.scored_rows], tta=True, shifts=shifts)
         errors = int((proba.mean(0).argmax(1) != train.labels).sum())
         started = time.perf_counter()
