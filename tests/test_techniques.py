@@ -157,7 +157,7 @@ def test_pool_first_runs_batchnorm_on_a_quarter_of_the_pixels():
     pooled = [sizes[key][0] for key in sorted(k for k in sizes if k[0])]
     assert plain == [28, 28, 14, 14, 7, 7] and pooled == [28, 14, 14, 7, 7, 7]
     # The default keeps the layer positions that saved fast networks' weights are named by.
-    state = build_network("fast", tiny()).state_dict()
+    state = build_network("fast", tiny(pool_first=False)).state_dict()
     assert [key for key, value in state.items() if value.dim() == 4] == [
         "features.0.weight", "features.3.weight", "features.7.weight", "features.10.weight", "features.14.weight",
         "features.17.weight"]
@@ -241,3 +241,27 @@ def test_whitening_decorrelates_the_patches_and_stays_frozen(digits):
     first = next(m for m in network.modules() if isinstance(m, nn.Conv2d))
     torch.testing.assert_close(first.weight.detach(), whitening_filters(pixels, pairs=2, size=3))
     assert not first.weight.requires_grad
+
+
+def test_crop_looks_only_at_the_central_square():
+    """With crop 24 the fast network sees the central 24x24 pixels: a change within the 2-pixel border leaves
+    its output as it was, a change inside moves it, and its first convolution works on 24x24 maps."""
+    network = build_network("fast", tiny(crop=24)).eval()
+    seen = []
+    network.features[0].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[-2:]))
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 28, 28)
+    border, inner = x.clone(), x.clone()
+    border[:, :, :2, :] = 1 - border[:, :, :2, :]
+    border[:, :, :, -2:] = 1 - border[:, :, :, -2:]
+    inner[:, :, 2, 2] = 1 - inner[:, :, 2, 2]
+    with torch.no_grad():
+        out = network(x)
+        assert torch.equal(network(border), out)
+        assert not torch.allclose(network(inner), out)
+    assert seen[0] == (24, 24)
+    whole = build_network("fast", tiny()).eval()  # crop 28: the border counts
+    with torch.no_grad():
+        assert not torch.allclose(whole(border), whole(x))
+    with pytest.raises(ValueError, match="crop must be one of"):
+        tiny(crop=26).validate()

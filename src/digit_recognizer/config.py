@@ -22,6 +22,7 @@ OPTIMIZER_NAMES = ("rmsprop", "adam", "adamw", "sgd")
 SCHEDULES = ("plateau", "onecycle", "triangle")
 PRECISIONS = ("auto", "native", "bf16", "fp32")
 INITS = ("default", "dirac")
+CROPS = (12, 16, 20, 24, 28)
 DEVICE_HELP = "device must be auto, cpu, cuda or cuda:N"
 
 
@@ -39,6 +40,9 @@ class TrainConfig:
     dense: int = 256
     dropout: tuple[float, ...] = (0.25, 0.25, 0.25, 0.5)
     pool_first: bool = False  # fast network: pool before BatchNorm and ReLU (their work on a quarter of the pixels)
+    # fast network: the side of the central square it looks at. MNIST digits are centred in a 20x20 box, so a
+    # 24x24 crop keeps all but 0.24 % of the ink of the training images for 0.73x the arithmetic.
+    crop: int = 28
     # Optimisation
     epochs: int = 30
     batch_size: int = 86
@@ -133,6 +137,7 @@ class TrainConfig:
             (len(self.kernels) == 3 and all(k in (1, 3, 5, 7, 9) for k in self.kernels),
              "kernels takes 3 odd sizes in 1 .. 9 (an even size would shift the image)"),
             (1 <= self.dense <= 8192, "dense must be in 1 .. 8192"),
+            (self.crop in CROPS, f"crop must be one of {', '.join(map(str, CROPS))} (a centred square, pooled twice)"),
             (len(self.dropout) == 4 and all(0 <= d < 1 for d in self.dropout), "dropout takes 4 values in [0, 1)"),
             (0 <= self.rotation <= 180, "rotation must be in 0 .. 180 degrees"),
             (0 <= self.zoom < 1 and 0 <= self.shift < 1, "zoom and shift must be fractions in [0, 1)"),
@@ -201,7 +206,7 @@ def _short(value: object) -> str:
 # --- methods: one record each -------------------------------------------------------------------------------
 
 # Settings that shape a network, each used by some networks.
-SHAPE_SETTINGS = ("filters", "kernels", "dense", "dropout", "pool_first")
+SHAPE_SETTINGS = ("filters", "kernels", "dense", "dropout", "pool_first", "crop")
 
 
 @dataclass(frozen=True)
@@ -239,7 +244,7 @@ METHODS: dict[str, Method] = {
     "fast": Method("small BatchNorm CNN 16-32-64, one-cycle schedule", "FastCNN",
                    TrainConfig(filters=(16, 32, 64), dense=128, epochs=12, batch_size=128, optimizer="sgd", lr=0.1,
                                weight_decay=5e-4, label_smoothing=0.1, schedule="onecycle"),
-                   shape=("filters", "dense", "pool_first"),
+                   shape=("filters", "dense", "pool_first", "crop"),
                    search={"filters": ((16, 32, 64), (24, 48, 96), (32, 64, 128)), "dense": (64, 128, 256)}),
     # The seed kernel's recipe, unchanged: TrainConfig's defaults.
     "cnn": Method("the seed kernel's CNN and recipe", "SeedCNN", TrainConfig(),
