@@ -60,12 +60,12 @@ def test_a_run_made_before_a_setting_existed_resumes_when_the_setting_is_at_its_
     out = tmp_path / "out"
     assert run(small_data_dir, out) == 0
     manifest = json.loads((out / "run.json").read_text())
-    del manifest["train"]["pool_first"]  # as written by a version before the setting
+    del manifest["train"]["crop"]  # as written by a version before the setting
     (out / "run.json").write_text(json.dumps(manifest))
     capsys.readouterr()
     assert run(small_data_dir, out) == 0
-    assert run(small_data_dir, out, "--pool-first") == 2
-    assert "pool_first False -> True" in capsys.readouterr().err
+    assert run(small_data_dir, out, "--crop", "24") == 2
+    assert "crop 28 -> 24" in capsys.readouterr().err
 
 
 def test_other_training_data_is_refused(small_data_dir, tmp_path, capsys, embedded):

@@ -121,7 +121,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                         help="seed: the seed kernel's CNN and recipe (= --model cnn); fast: a small CNN that "
                              "reaches the same accuracy in a fraction of the time (= --model fast); ensemble: "
                              "the default ensemble for this hardware, out-of-fold scored "
-                             "(CPU: 8 fast networks x 5 folds, about 75 minutes on 2 cores; GPU: 15 seed "
+                             "(CPU: 8 fast networks x 5 folds, at most about 75 minutes on 2 cores; GPU: 15 seed "
                              "networks x 5 folds)")
     parser.add_argument("--members", type=int,
                         help="train an ensemble of N networks that differ by seed and average them (default: 1)")
