@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .data import SIDE, Digits
+from .data import Digits
 from .errors import RunDirError
+from .plots import plot_gallery
 from .report import render_report
 from .rundir import (
     HELDOUT_FILE,
@@ -146,28 +147,13 @@ def audit(path: str | Path, digits: Digits, source: str = "the training data") -
 
 
 def plot_label_issues(images: np.ndarray, issues: LabelIssues, limit: int = GALLERY) -> Figure:
-    """The first ``limit`` flagged rows as a grid, as the report's error gallery draws digits: each image titled
-    with its row, its given -> suggested label and the given label's quality score."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
+    """The first ``limit`` flagged rows as a gallery, each image titled with its row, its given -> suggested label
+    and the given label's quality score."""
     shown = min(len(issues), limit)
-    cols = min(6, max(1, shown))
-    rows = max(1, -(-shown // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(max(cols * 1.7, 4.0), rows * 2.0 + 0.5), squeeze=False,
-                             layout="constrained")
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, k in zip(axes.flat, range(shown), strict=False):
-        ax.imshow(images[issues.rows[k]].reshape(SIDE, SIDE), cmap="gray_r", vmin=0, vmax=255)
-        ax.set_title(f"row {issues.rows[k]}\n{issues.given[k]} \u2192 {issues.suggested[k]}  "
-                     f"q={issues.quality[k]:.2f}", fontsize=9)
-    if shown == 0:
-        axes.flat[0].text(0.5, 0.5, "no label issues", ha="center", va="center", fontsize=14)
-    more = f"; the {shown} most likely wrong shown" if len(issues) > shown else ""
-    fig.suptitle(f"{len(issues):,} of {issues.rows_audited:,} training rows probably mislabelled "
-                 f"(given \u2192 suggested label){more}", fontsize=11)
-    return fig
-
+    captions = [f"row {issues.rows[k]}\n{issues.given[k]} \u2192 {issues.suggested[k]}  q={issues.quality[k]:.2f}"
+                for k in range(shown)]
+    more = f", the first {shown} shown" if len(issues) > shown else ""
+    # Two lines: a gallery of a few digits is narrow.
+    title = (f"{len(issues):,} of {issues.rows_audited:,} training rows probably mislabelled\n"
+             f"(given \u2192 suggested label){more}")
+    return plot_gallery(images[issues.rows[:shown]], captions, title, "no label issues")

@@ -79,27 +79,33 @@ def plot_confusion(labels: np.ndarray, predicted: np.ndarray, title: str) -> Fig
     return fig
 
 
-def plot_errors(
-    images: np.ndarray, labels: np.ndarray, proba: np.ndarray, indices: np.ndarray,
-    title: str = "Most confident mistakes on the validation set",
-) -> Figure:
-    """A grid of the given images, each titled with its true and predicted label and the confidence; as wide as
-    the images need (a few errors make a small figure, not a mostly empty one)."""
-    cols = min(6, max(1, len(indices)))
-    rows = max(1, -(-len(indices) // cols))
+def plot_gallery(images: np.ndarray, captions: list[str], title: str, empty: str) -> Figure:
+    """Digits (rows of 784 pixels) in a grid of up to six columns, each titled with its caption; as wide as the
+    images need (a few make a small figure, not a mostly empty one); ``empty`` is written when there are none."""
+    cols = min(6, max(1, len(images)))
+    rows = max(1, -(-len(images) // cols))
     # Constrained layout keeps the title clear of the images' two-line captions, whatever the grid's size.
     fig, axes = plt.subplots(rows, cols, figsize=(max(cols * 1.7, 4.0), rows * 2.0 + 0.5), squeeze=False,
                              layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
-    for ax, i in zip(axes.flat, indices, strict=False):
-        predicted = int(proba[i].argmax())
-        ax.imshow(images[i].reshape(SIDE, SIDE), cmap="gray_r", vmin=0, vmax=255)
-        ax.set_title(f"true {labels[i]}  pred {predicted}\np={proba[i, predicted]:.2f}", fontsize=9)
-    if len(indices) == 0:
-        axes.flat[0].text(0.5, 0.5, "no errors", ha="center", va="center", fontsize=14)
+    for ax, image, caption in zip(axes.flat, images, captions, strict=False):
+        ax.imshow(image.reshape(SIDE, SIDE), cmap="gray_r", vmin=0, vmax=255)
+        ax.set_title(caption, fontsize=9)
+    if len(images) == 0:
+        axes.flat[0].text(0.5, 0.5, empty, ha="center", va="center", fontsize=14)
     fig.suptitle(title, fontsize=11)
     return fig
+
+
+def plot_errors(
+    images: np.ndarray, labels: np.ndarray, proba: np.ndarray, indices: np.ndarray,
+    title: str = "Most confident mistakes on the validation set",
+) -> Figure:
+    """The given images, each titled with its true and predicted label and the confidence."""
+    predicted = proba[indices].argmax(1)
+    captions = [f"true {labels[i]}  pred {p}\np={proba[i, p]:.2f}" for i, p in zip(indices, predicted, strict=True)]
+    return plot_gallery(images[indices], captions, title, "no errors")
 
 
 def plot_comparison(table: pd.DataFrame) -> Figure:
