@@ -7,14 +7,18 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_FLAGS
 from conftest import tiny as shared_tiny
 from torch import nn
 
 import digit_recognizer.hardware as hardware
 import digit_recognizer.train as train_module
+from digit_recognizer.cli import main
 from digit_recognizer.config import TrainConfig
 from digit_recognizer.data import Digits
+from digit_recognizer.export import export_onnx
 from digit_recognizer.models import build_network
+from digit_recognizer.predict import OnnxPredictor, TorchPredictor
 from digit_recognizer.train import (
     build,
     fit,
@@ -265,3 +269,14 @@ def test_crop_looks_only_at_the_central_square():
         assert not torch.allclose(whole(border), whole(x))
     with pytest.raises(ValueError, match="crop must be one of"):
         tiny(crop=26).validate()
+
+
+def test_a_cropped_network_exports_to_onnx_and_predicts_as_it_does(small_data_dir, embedded, tmp_path):
+    """The crop is part of the network, so the ONNX file takes whole 28x28 digits and predicts what PyTorch
+    predicts."""
+    out = tmp_path / "run"
+    assert main(["train", "--train", str(small_data_dir / "train.csv"), "--model", "fast", *TINY_FLAGS,
+                 "--crop", "24", "--out", str(out), "--quiet"]) == 0
+    export_onnx(out, tmp_path / "m.onnx")
+    images = embedded[1].images[:50]
+    np.testing.assert_allclose(OnnxPredictor(tmp_path / "m.onnx")(images), TorchPredictor(out)(images), atol=1e-4)
