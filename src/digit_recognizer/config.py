@@ -24,6 +24,10 @@ PRECISIONS = ("auto", "native", "bf16", "fp32")
 INITS = ("default", "dirac")
 CROPS = (12, 16, 20, 24, 28)
 DEVICE_HELP = "device must be auto, cpu, cuda or cuda:N"
+# A network's history, one row per epoch: what the training loop records and the run directory reads back
+# (history.csv). Here because both use it and neither imports the other.
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "images_per_second",
+                   "elapsed")
 
 
 def is_device_name(name: str) -> bool:

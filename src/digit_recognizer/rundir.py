@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import __version__
-from .config import TrainConfig, check_method, completed
+from .config import HISTORY_COLUMNS, TrainConfig, check_method, completed
 from .errors import DataError, InputError, RunDirError, first_line
 from .files import atomic_path, check_writable, read_bounded, temporaries_of, write_json
 from .jobs import JobRecord, JobSummary, plan_jobs
@@ -87,8 +87,6 @@ RUN_FILES = (MANIFEST_FILE, METRICS_FILE, SUBMISSION_FILE, CURVES_FILE, CONFUSIO
              TENSORBOARD_DIR, LABEL_ISSUES_TABLE, LABEL_ISSUES_FIGURE)
 FILES = "files"  # run.json's list of every file the run has written, relative to the directory
 KINDS = ("single", "ensemble", "compare", "tune", "distill")
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "images_per_second",
-                   "elapsed")
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _MAX_JSON = 1 << 20  # a run's JSON files are a few KB (run.json's list of files some tens of KB)
 _MAX_REPORT = 64 << 20  # report.html inlines a few figures: a few hundred KB

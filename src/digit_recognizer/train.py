@@ -31,7 +31,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm.auto import tqdm
 
 from .augment import random_affine
-from .config import TrainConfig
+from .config import HISTORY_COLUMNS, TrainConfig
 from .console import format_duration, show_bars
 from .data import Digits
 from .errors import InputError, TrainingDiverged, first_line
@@ -40,8 +40,6 @@ from .hardware import autocast_dtype
 from .models import build_network, to_input
 
 CHANCE = 0.2  # a final validation accuracy at or below this is reported as a failed training
-# One row of history per epoch: these numbers, and "epoch".
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "images_per_second", "elapsed")
 CHECK_EVERY = 20  # batches between looks at the running loss (a look syncs the device)
 
 
@@ -301,7 +299,7 @@ def resume(training: Training, saved: dict, cfg: TrainConfig, device: torch.devi
                          f"not 1 .. {cfg.epochs - 1}")
     for number, row in enumerate(history, start=1):
         if not isinstance(row, dict) or row.get("epoch") != number or not all(
-                isinstance(row.get(key), float | int) and math.isfinite(row[key]) for key in HISTORY_KEYS):
+                isinstance(row.get(key), float | int) and math.isfinite(row[key]) for key in HISTORY_COLUMNS):
             raise ValueError(f"its history row {number} is not an epoch's record")
     training.network.load_state_dict(saved["network"])
     if training.averaged is not None:
@@ -433,7 +431,7 @@ def fit(
                    lr=training.optimizer.param_groups[0]["lr"])
         elapsed += time.perf_counter() - started
         row["elapsed"] = elapsed  # training and validation, every epoch so far
-        training.history.append({key: row[key] for key in ("epoch", *HISTORY_KEYS)})
+        training.history.append({key: row[key] for key in HISTORY_COLUMNS})
         if cfg.schedule == "plateau":
             training.scheduler.step(row["val_accuracy"])
         if bars:
