@@ -255,9 +255,9 @@ def test_crop_looks_only_at_the_central_square():
     network.features[0].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[-2:]))
     torch.manual_seed(0)
     x = torch.rand(3, 1, 28, 28)
-    border, inner = x.clone(), x.clone()
-    border[:, :, :2, :] = 1 - border[:, :, :2, :]
-    border[:, :, :, -2:] = 1 - border[:, :, :, -2:]
+    frame = torch.ones(28, 28, dtype=torch.bool)
+    frame[2:-2, 2:-2] = False  # the whole 2-pixel frame, all four sides
+    border, inner = torch.where(frame, 1 - x, x), x.clone()
     inner[:, :, 2, 2] = 1 - inner[:, :, 2, 2]
     with torch.no_grad():
         out = network(x)
