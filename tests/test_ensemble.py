@@ -51,6 +51,29 @@ def test_tta_probabilities_are_well_formed(digits):
     assert not np.allclose(tta, plain)
 
 
+def test_tta_shifts_only_the_images_the_network_is_unsure_of(digits):
+    """Shifted copies are predicted for the images whose top probability is below the threshold, and only for
+    them: those get the mean over the copies (as when every image is shifted), the others their own probabilities."""
+    torch.manual_seed(0)
+    network = build_network("fast", TrainConfig(filters=(4, 8, 8), dense=16))
+    images = digits.images[:64]
+    plain = network_proba(network, images)
+    every = network_proba(network, images, tta=True, unsure_below=None)
+    threshold = float(np.median(plain.max(1)))
+    unsure = plain.max(1) < threshold
+    assert 0 < unsure.sum() < len(images)
+    seen = []
+    hook = network.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    chosen = network_proba(network, images, tta=True, unsure_below=threshold, batch_size=32)
+    hook.remove()
+    np.testing.assert_allclose(chosen[~unsure], plain[~unsure], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(chosen[unsure], every[unsure], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(chosen[unsure], plain[unsure])
+    assert sum(seen) == len(images) + 4 * unsure.sum()  # the image once, four shifted copies of the unsure ones
+    with pytest.raises(ValueError, match="first of the shifts"):
+        network_proba(network, images, tta=True, shifts=[(1, 0), (0, 0)])
+
+
 def test_ensemble_averages_its_members(digits, tmp_path):
     """A 2-member ensemble's model predicts the mean of its members' probabilities; each member's files are kept."""
     metrics = train_run(digits, tmp_path, "fast", tiny(), progress=False, members=2)
