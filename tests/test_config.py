@@ -14,6 +14,7 @@ from digit_recognizer.config import (
     PRESETS,
     SHAPE_SETTINGS,
     TrainConfig,
+    choose,
     method_config,
     preset,
 )
@@ -77,6 +78,17 @@ def test_presets_and_recipes():
     assert method_config("fast") is not method_config("fast")  # fresh copies: changing one leaves the recipe
     with pytest.raises(ValueError, match="unknown preset"):
         preset("turbo")
+
+
+def test_the_fast_preset_predicts_with_tta_unless_told_not_to():
+    """--preset fast writes its submission with test-time augmentation; --no-tta turns it off, --tta turns it on
+    for any network, and a model chosen without a preset has none unless asked."""
+    assert choose("fast", None, None, None, "cpu").tta
+    assert not choose("fast", None, None, None, "cpu", tta=False).tta
+    assert not choose("seed", None, None, None, "cpu").tta and choose("seed", None, None, None, "cpu", tta=True).tta
+    assert not choose(None, "fast", None, None, "cpu").tta and not choose("ensemble", None, None, None, "cpu").tta
+    with pytest.raises(ValueError, match="--tta applies to networks"):
+        choose(None, "svm", None, None, "cpu", tta=True)
 
 
 @pytest.mark.parametrize("values, message", [

@@ -100,5 +100,5 @@ def test_help_shows_each_models_defaults_and_the_choices(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "cnn 30, mlp 20, fast 10" in text  # --epochs: the default depends on the model
+    assert "cnn 30, mlp 20, fast 8" in text  # --epochs: the default depends on the model
     assert "{rmsprop,adam,adamw,sgd}" in text and "{plateau,onecycle,triangle}" in text

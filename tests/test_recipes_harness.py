@@ -125,3 +125,18 @@ def test_bad_recipe_is_refused_before_training(harness, setup, monkeypatch, caps
     assert harness.main([*args, str(bad)]) == 2
     assert "lr must be" in capsys.readouterr().err
     assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()
+
+
+def test_every_committed_recipe_file_still_makes_the_recipe_it_measured(harness):
+    """A recipe file updates the method's recipe of the day, so a file that leaves a setting out changes meaning when
+    the preset changes: each file in benchmarks/recipes/ must still give the settings its lines in the committed
+    results were measured with (the harness refuses to add seeds to a recipe that no longer matches)."""
+    root = HARNESS.parent
+    results = root / "results" / "recipes_oof.jsonl"
+    recipes = [harness.load_recipe(path, "fast") for path in sorted((root / "recipes").glob("*.toml"))]
+    measured = lines(results)
+    assert measured and {line["recipe"] for line in measured} <= {recipe.name for recipe in recipes}
+    seeds = sorted({line["seed"] for line in measured})
+    for data in {line["data"] for line in measured}:
+        done = harness.already_measured(results, recipes, seeds, 5, data)
+        assert done  # the check ran on lines of these recipes

@@ -134,9 +134,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_preset(args: argparse.Namespace) -> None:
-    """Resolve --preset, --model, --members and --folds (:func:`~digit_recognizer.config.choose`) into
-    ``args.model``, ``args.members`` and ``args.folds``; a preset sized to the hardware picks by the device that
-    will train."""
+    """Resolve --preset, --model, --members, --folds and (run) --tta (:func:`~digit_recognizer.config.choose`)
+    into ``args.model``, ``args.members``, ``args.folds`` and ``args.tta``; a preset sized to the hardware picks by
+    the device that will train."""
     from .train import resolve_device
 
     try:
@@ -144,10 +144,12 @@ def apply_preset(args: argparse.Namespace) -> None:
     except (ValueError, RuntimeError) as err:
         raise UsageError(f"bad training setting: {err}") from None
     try:
-        chosen = choose(args.preset, args.model, args.members, args.folds, device_type, getattr(args, "tta", False))
+        chosen = choose(args.preset, args.model, args.members, args.folds, device_type, getattr(args, "tta", None))
     except ValueError as err:
         raise UsageError(str(err)) from None
     args.model, args.members, args.folds = chosen.method, chosen.members, chosen.folds
+    if hasattr(args, "tta"):
+        args.tta = chosen.tta
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -192,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train, report and write a submission (the whole job)")
     p.add_argument("--data-dir", type=Path,
                    help="folder with train.csv(.gz) and test.csv(.gz); default: the embedded 5,000 MNIST digits")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation for the submission")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                   help="test-time augmentation for the submission: shifted copies of the digits a network is "
+                        "unsure of (default: the preset's; on for fast)")
     p.add_argument("--submit", metavar="MESSAGE",
                    help="submit submission.csv to the Kaggle competition at the end, with this description (checked "
                         "first; needs the kaggle extra, credentials and Kaggle's 28,000 test images)")
@@ -257,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda or cuda:N "
                                                     "(default: auto)")
     p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: average over one-pixel shifts of each image (networks only)")
+                   help="test-time augmentation: each digit a network is unsure of averaged over its one-pixel shifts "
+                        "(networks only)")
 
     p = sub.add_parser("compare", help="compare methods on the same split (or folds): table, figure, submissions")
     p.add_argument("--data-dir", type=Path,

@@ -244,15 +244,15 @@ METHODS: dict[str, Method] = {
     "mlp": Method("fully connected network 784-512-256-10", "MLP",
                   TrainConfig(optimizer="adam", epochs=20, batch_size=128)),
     # A small BatchNorm CNN with a one-cycle schedule and label smoothing: the seed's accuracy in a sixth of
-    # its time. 10 epochs, pooling before BatchNorm and ReLU, and bfloat16 where the CPU computes it natively
-    # made as many errors out of fold as 12 epochs in float32 (benchmarks/recipes/quick10.toml against
-    # baseline.toml), from the CSVs to the submission in 0.47x the time on an Intel Xeon with AMX (in 0.63x the
-    # training seconds on an AMD EPYC with AVX512-BF16). Every variant tried, judged out of fold over several
-    # seeds, is in docs/results.md.
+    # its time. 8 epochs, Muon for the convolutions after the first, the central 24x24 pixels, pooling before
+    # BatchNorm and ReLU, and bfloat16 where the CPU computes it natively (benchmarks/recipes/
+    # quick8_muon_crop24.toml): with the fast preset's TTA, fewer errors out of fold than the 12-epoch float32
+    # recipe (baseline.toml) without it, from the CSVs to the submission in under half its time. Every variant
+    # tried, judged out of fold over several seeds, is in docs/results.md.
     "fast": Method("small BatchNorm CNN 16-32-64, one-cycle schedule", "FastCNN",
-                   TrainConfig(filters=(16, 32, 64), dense=128, epochs=10, batch_size=128, optimizer="sgd", lr=0.1,
+                   TrainConfig(filters=(16, 32, 64), dense=128, epochs=8, batch_size=128, optimizer="sgd", lr=0.1,
                                weight_decay=5e-4, label_smoothing=0.1, schedule="onecycle", precision="native",
-                               pool_first=True),
+                               pool_first=True, crop=24, muon_lr=0.05),
                    shape=("filters", "dense", "pool_first", "crop"),
                    search={"filters": ((16, 32, 64), (24, 48, 96), (32, 64, 128)), "dense": (64, 128, 256)}),
     # The seed kernel's recipe, unchanged: TrainConfig's defaults.
@@ -280,21 +280,24 @@ def method_config(name: str) -> TrainConfig:
 
 @dataclass(frozen=True)
 class Preset:
-    """A named choice of method and ensemble size."""
+    """A named choice of method, ensemble size and whether the submission uses test-time augmentation."""
 
     method: str
     members: int = 1
     folds: int = 1
+    tta: bool = False
 
 
+# `--preset fast`: one fast network, its submission with TTA (the shifted copies of the 1-3 % of test digits it is
+# unsure of cost under a second and save about ten errors out of fold: docs/results.md).
 # `--preset ensemble`: networks averaged and scored out of fold on every training row, sized to the
 # hardware. On 2 CPU cores, 8 fast networks x 5 folds: 74 minutes with the 12-epoch float32 fast recipe, less
-# with today's 10 epochs, and less again where the CPU computes bfloat16 (docs/results.md: 20 epochs instead
-# of 12 bought less than more members, and 12 members of a cheaper network did worse than these 8). On a GPU,
-# the seed network, 15 of them, as many as the best public solutions average.
+# with today's (docs/results.md: 20 epochs instead of 12 bought less than more members, 12 members of a cheaper
+# network did worse than these 8, and TTA helps each member but not their average). On a GPU, the seed network,
+# 15 of them, as many as the best public solutions average.
 PRESETS: dict[str, Preset | dict[str, Preset]] = {
     "seed": Preset("cnn"),
-    "fast": Preset("fast"),
+    "fast": Preset("fast", tta=True),
     "ensemble": {"cpu": Preset("fast", members=8, folds=5),
                  "cuda": Preset("cnn", members=15, folds=5)},
 }
@@ -309,10 +312,10 @@ def preset(name: str, device_type: str = "cpu") -> Preset:
 
 
 def choose(preset_name: str | None, model: str | None, members: int | None, folds: int | None,
-           device_type: str, tta: bool = False) -> Preset:
+           device_type: str, tta: bool | None = None) -> Preset:
     """What a training command trains: ``--preset`` (default ``seed``; one sized to the hardware picks by
-    ``device_type``) and ``--model``, ``--members``, ``--folds``, which win over it. Raises ValueError for a
-    combination that cannot work."""
+    ``device_type``) and ``--model``, ``--members``, ``--folds``, ``--tta/--no-tta``, which win over it. Raises
+    ValueError for a combination that cannot work."""
     chosen = preset(preset_name or "seed", "cuda" if device_type == "cuda" else "cpu")
     if preset_name and model and model != chosen.method:
         raise ValueError(f"--preset {preset_name} trains model '{chosen.method}', not '{model}'")
@@ -325,4 +328,5 @@ def choose(preset_name: str | None, model: str | None, members: int | None, fold
         raise ValueError(f"--members and --folds train networks; '{model or chosen.method}' is not one")
     if tta and not method.network:
         raise ValueError("--tta applies to networks, not to scikit-learn models")
-    return Preset(model or chosen.method, members, folds)
+    tta = (chosen.tta if preset_name else False) if tta is None else tta
+    return Preset(model or chosen.method, members, folds, tta)
