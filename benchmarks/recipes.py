@@ -2,7 +2,8 @@
 
     python benchmarks/recipes.py benchmarks/recipes/baseline.toml other.toml --seeds 0,1,2 \\
         --data-dir ../shared/data/digit-recognizer --out runs/recipes --results benchmarks/results/recipes.jsonl
-    python benchmarks/recipes.py --table --results benchmarks/results/recipes.jsonl [--baseline NAME] [--figure F.png]
+    python benchmarks/recipes.py --table --results benchmarks/results/recipes.jsonl [--baseline NAME] \\
+        [--figure F.png [--preset NAME]]
 
 A recipe is a TOML file of training settings in the format ``digit-recognizer run --config FILE`` reads, plus an
 optional ``model = "fast"`` naming the method whose recipe the settings change (default: ``--model``); its name is
@@ -368,27 +369,29 @@ def markdown(rows: list[dict], baseline: str | None) -> str:
     return "\n".join(table)
 
 
-def plot(rows: list[dict], baseline: str | None, path: Path) -> None:
-    """Mean errors against mean training seconds per recipe, ± one standard deviation over seeds."""
+def plot(rows: list[dict], baseline: str | None, path: Path, preset: str | None = None) -> None:
+    """Mean errors against mean training seconds per recipe, ± one standard deviation over seeds: one pass of the
+    held-out images on the left, with TTA on the right. The baseline is a red star, ``preset`` a green one."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharex=True, sharey=True)
     quiet = all(row["quiet_train_seconds"] is not None for row in rows)
-    for row in rows:
-        is_base = row["recipe"] == baseline
-        (x, x_sd), (y, y_sd) = (row["quiet_train_seconds"], None) if quiet else row["train_seconds"], row["errors"]
-        ax.errorbar(x, y, xerr=x_sd or 0, yerr=y_sd or 0, fmt="*" if is_base else "o", markersize=12 if is_base else 6,
-                    color="C3" if is_base else "C0", capsize=3)
-        label = row["recipe"] + (" (baseline)" if is_base and row["recipe"] != "baseline" else "")
-        ax.annotate(label, (x, y), textcoords="offset points",
-                    xytext=(6, 6), fontsize=8)
-    ax.set_xlabel("training seconds of all folds, " + ("nothing else running (--time)" if quiet else
-                                                        "mean over seeds (the machine may have been shared)"))
-    ax.set_ylabel("out-of-fold errors, mean ± sd over seeds")
-    ax.grid(alpha=0.3)
+    for ax, key, title in ((axes[0], "errors", "one pass"), (axes[1], "errors_tta", "with TTA")):
+        for row in rows:
+            role = "baseline" if row["recipe"] == baseline else "preset" if row["recipe"] == preset else None
+            (x, x_sd), (y, y_sd) = (row["quiet_train_seconds"], None) if quiet else row["train_seconds"], row[key]
+            ax.errorbar(x, y, xerr=x_sd or 0, yerr=y_sd or 0, fmt="*" if role else "o", markersize=13 if role else 6,
+                        color={"baseline": "C3", "preset": "C2"}.get(role, "C0"), capsize=3)
+            label = row["recipe"] + (f" ({role})" if role and role != row["recipe"] else "")
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=7)
+        ax.set_title(title)
+        ax.set_xlabel("training seconds of all folds, " + ("nothing else running (--time)" if quiet else
+                                                            "mean over seeds (the machine may have been shared)"))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("out-of-fold errors, mean ± sd over seeds")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -407,8 +410,10 @@ def show_table(args: argparse.Namespace) -> None:
     baseline = args.baseline or ("baseline" if "baseline" in names else None)
     rows = summarise(lines, baseline, read_timings(args.timings))
     print(markdown(rows, baseline))
+    if args.preset is not None and args.preset not in names:
+        raise HarnessError(f"{args.results}: no recipe '{args.preset}' (--preset); known: {', '.join(sorted(names))}")
     if args.figure:
-        plot(rows, baseline, args.figure)
+        plot(rows, baseline, args.figure, args.preset)
 
 
 # --- command line ----------------------------------------------------------------------------------------------
@@ -441,6 +446,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--table", action="store_true", help="print the results file's table instead of training")
     parser.add_argument("--baseline", help="recipe the table's paired differences are against (default: baseline)")
     parser.add_argument("--figure", type=Path, help="with --table: also write a PNG of errors against seconds")
+    parser.add_argument("--preset", help="with --figure: the recipe of the fast preset, marked in the figure")
     args = parser.parse_intermixed_args(argv)  # recipe files before or after the options
     if args.table and args.recipes:
         parser.error("--table reads the results file; give no recipes with it")

@@ -86,13 +86,15 @@ def test_harness_measures_resumes_and_tabulates(harness, setup, monkeypatch, cap
     capsys.readouterr()
     figure, timings = tmp_path / "f.png", tmp_path / "r" / "time.jsonl"
     table_args = ["--table", "--results", str(results), "--timings", str(timings), "--baseline", "small"]
-    assert harness.main([*table_args, "--figure", str(figure)]) == 0
+    assert harness.main([*table_args, "--figure", str(figure), "--preset", "smaller_batch"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert len(table) == 4 and table[2].startswith("| small |") and table[3].startswith("| smaller_batch |")
     difference = again[1]["errors"] - again[0]["errors"]
     assert "| baseline |" in table[2] and f"{difference:+.1f} (n=1)" in table[3]
     assert "| - | - |" in table[2]  # no quiet timing yet
     assert figure.read_bytes().startswith(b"\x89PNG")
+    assert harness.main([*table_args, "--figure", str(figure), "--preset", "fast"]) == 2  # not in the results
+    assert "no recipe 'fast' (--preset)" in capsys.readouterr().err
 
     # --time: one epoch of each recipe on a fold's worth of rows, one line each; the table then shows them, with
     # the quiet training seconds of all folds (seconds per epoch x epochs x folds).
