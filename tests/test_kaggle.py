@@ -138,6 +138,25 @@ def test_unpack_takes_only_the_competitions_files(kaggle_zip, embedded, tmp_path
     np.testing.assert_array_equal(test.images, embedded[1].images[:50])
 
 
+def test_unpack_removes_what_a_killed_unpacking_left_and_nothing_else(kaggle_zip, tmp_path):
+    """A staging folder left by an unpacking killed before its clean-up is removed by the next one; folders of the
+    same shape of name that hold anything but the competition's files are someone else's and stay."""
+    out = tmp_path / "digits"
+    stale = out / f"{kaggle.STAGING_PREFIX}k1ll3d_x"
+    stale.mkdir(parents=True)
+    (stale / "train.csv").write_text("label,pixel0\n1,")  # cut short
+    notes = out / f"{kaggle.STAGING_PREFIX}notes123"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine\n")
+    nested = out / f"{kaggle.STAGING_PREFIX}nested01"
+    (nested / "train.csv").mkdir(parents=True)
+    unpack(kaggle_zip, out)
+    assert not stale.exists()
+    assert (notes / "notes.txt").read_text() == "mine\n" and (nested / "train.csv").is_dir()
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "sample_submission.csv", "test.csv", "train.csv"]
+
+
 def test_unpack_refuses_an_archive_without_the_data_or_not_a_zip(tmp_path):
     archive = tmp_path / "partial.zip"
     with zipfile.ZipFile(archive, "w") as zipped:

@@ -17,6 +17,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import re
 import shutil
 import stat
 import struct
@@ -47,6 +48,7 @@ NO_CREDENTIALS = ("no Kaggle credentials found: create an API token at https://w
 # --- unpacking the competition's files -------------------------------------------------------------------------
 
 STAGING_PREFIX = ".digit-recognizer-download-"  # the folder inside the destination where a zip is unpacked and checked
+_STAGING = re.compile(re.escape(STAGING_PREFIX) + r"[a-z0-9_]{8}")  # tempfile.mkdtemp's names
 _NOT_PLAIN = {stat.S_IFLNK: "a symbolic link", stat.S_IFDIR: "a directory", stat.S_IFCHR: "a device",
               stat.S_IFBLK: "a device", stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket"}
 _MSDOS_DIRECTORY = 0x10  # the directory bit of the MS-DOS attributes (the low byte of external_attr)
@@ -79,6 +81,7 @@ def unpack(archive: str | Path, out: str | Path, shown_as: str | None = None) ->
     created = [folder for folder in (out, *out.parents) if not folder.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(out)
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))  # same filesystem: os.replace works
     except OSError as err:
         _remove_empty(created)
@@ -157,6 +160,18 @@ def _put_in_place(names: list[str], staging: Path, out: Path) -> list[Path]:
     for name in names:
         os.replace(staging / name, out / name)
     return [out / name for name in names]
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Remove the staging folders an unpacking killed before its clean-up (SIGKILL, power loss) left in ``out``:
+    only folders named as :func:`tempfile.mkdtemp` names ours and holding nothing but files of the competition's
+    names, so that nothing of anyone else's is touched."""
+    for folder in out.iterdir():
+        if not _STAGING.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir():
+            continue
+        inside = list(folder.iterdir())
+        if all(path.name in DATA_FILES and path.is_file() and not path.is_symlink() for path in inside):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _remove_empty(folders: list[Path]) -> None:
