@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_FLAGS, one_error_line, snapshot, tiny
 
+import digit_recognizer.distill as distill_module
 import digit_recognizer.train as training_loop
 from digit_recognizer.cli import main
 from digit_recognizer.data import Digits, load_embedded, write_csv
@@ -274,6 +275,29 @@ def test_the_same_command_resumes_and_other_settings_are_refused(student, teache
     assert main(["distill", "--teacher", str(teacher), "--out", str(out), "--no-score", *STUDENT_FLAGS]) == 2
     one_error_line(capsys, str(out), "other settings", "score")
     assert snapshot(out) == before
+
+
+def test_a_resumed_distillation_asks_only_the_unfinished_students_teachers(student, teacher, tmp_path, monkeypatch):
+    """Run again, a finished distillation has no teacher predict; one whose fold-1 student did not finish has
+    that student trained again, from the targets of fold 1's teachers only."""
+    out = Path(shutil.copytree(student, tmp_path / "student"))
+    asked = []
+
+    def spy(run, jobs, *images, device="cpu"):
+        asked.append(sorted(job.name for job in jobs))
+        return real(run, jobs, *images, device=device)
+
+    real = distill_module.network_probabilities
+    monkeypatch.setattr(distill_module, "network_probabilities", spy)
+    assert main(["distill", "--teacher", str(teacher), "--out", str(out), *STUDENT_FLAGS]) == 0
+    assert asked == [[]]
+    (out / "jobs" / "member0-fold1" / "job.json").unlink()
+    trained = []
+    real_fit = training_loop.fit
+    monkeypatch.setattr(training_loop, "fit", lambda *a, **k: trained.append(a[6]) or real_fit(*a, **k))
+    assert main(["distill", "--teacher", str(teacher), "--out", str(out), *STUDENT_FLAGS]) == 0
+    assert asked[1] == ["member0-fold1", "member1-fold1"] and trained == ["member0-fold1: "]
+    assert (out / "jobs" / "member0-fold1" / "job.json").is_file()
 
 
 def test_a_single_run_teaches_too_and_no_score_trains_the_served_student_only(tmp_path, capsys):

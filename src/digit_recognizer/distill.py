@@ -189,8 +189,13 @@ def distill(teacher_path: str | Path, train: Digits, test: Digits, out: str | Pa
     records = read_trained_records(teacher, train, source)
     teacher_jobs = [job for job, _ in records]
     students = plan_students(teacher, teacher_jobs, train.labels, method, cfg, score)
-    proba = teacher_probabilities(teacher, teacher_jobs, train, test, cfg.device)
-    targets = {s.job.name: student_targets(s, proba, temperature) for s in students}
+    # Only the students not finished yet train (a resumed run's), so only their teachers predict: none when the
+    # command is run again on a finished distillation. (With --overwrite every student trains again.)
+    pending = [s for s in students if overwrite or not run_dir.finished(s.job.name)]
+    needed = {name for s in pending for name in s.teachers}
+    proba = teacher_probabilities(teacher, [job for job in teacher_jobs if job.name in needed], train, test,
+                                  cfg.device)
+    targets = {s.job.name: student_targets(s, proba, temperature) for s in pending}
 
     run_dir.start(manifest("distill", [s.job.name for s in students if s.job.name], method=method, train=cfg,
                            temperature=temperature, score=score, data=digest(train), test_data=digest(test),
