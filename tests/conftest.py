@@ -133,3 +133,27 @@ def one_error_line(capsys: pytest.CaptureFixture, *fragments: str) -> str:
         assert fragment in err, (fragment, err)
     return err
 
+
+
+# Ways a finished run of 2 folds, read back as the input of another command (the label audit, distillation, a
+# second stage's pseudo-labels), can be damaged: the file the one-line error names (relative to the run; "" for
+# the run itself), a fragment of the error, and the damage done to a copy of the run.
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"PK\x03\x04garbage")
+
+
+def _kind_compare(run: Path) -> None:
+    (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()), "kind": "compare"}))
+
+
+DAMAGED_RUNS = {
+    "no run.json": ("run.json", "not found", lambda run: (run / "run.json").unlink()),
+    "unfinished": ("", "unfinished", lambda run: (run / "jobs/member0-fold1/job.json").unlink()),
+    "a comparison": ("run.json", "a comparison", _kind_compare),
+    "heldout garbage": ("jobs/member0-fold1/heldout.npz", "cannot read",
+                        lambda run: _garbage(run / "jobs/member0-fold1/heldout.npz")),
+    "weights garbage": ("jobs/member0-fold1/model.safetensors", "not a readable safetensors",
+                        lambda run: _garbage(run / "jobs/member0-fold1/model.safetensors")),
+    "config garbage": ("jobs/member0-fold1/config.json", "not valid JSON",
+                       lambda run: (run / "jobs/member0-fold1/config.json").write_text("{")),
+}

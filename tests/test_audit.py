@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_FLAGS, one_error_line, snapshot, tiny
+from conftest import DAMAGED_RUNS, TINY_FLAGS, one_error_line, snapshot, tiny
 
 import digit_recognizer.execute as execute_module
 from digit_recognizer.audit import TABLE_COLUMNS, LabelIssues, find_label_issues, out_of_fold_proba, read_run
@@ -180,15 +180,13 @@ def _scale_tta(path: Path) -> None:
         np.savez(handle, **arrays)
 
 
-MANGLED = {
-    "heldout garbage": ("jobs/member0-fold1/heldout.npz", "cannot read",
-                        lambda run: (run / "jobs/member0-fold1/heldout.npz").write_bytes(b"PK\x03\x04garbage")),
+MANGLED = {  # the audit reads the held-out probabilities, not the networks
+    **{case: DAMAGED_RUNS[case] for case in ("no run.json", "unfinished", "a comparison", "heldout garbage")},
     "heldout of other rows": ("jobs/member0-fold0/heldout.npz", "'scored_rows' are not the rows",
                               lambda run: shutil.copy(run / "jobs/member0-fold1/heldout.npz",
                                                       run / "jobs/member0-fold0/heldout.npz")),
     "probabilities that do not sum to 1": ("jobs/member0-fold0/heldout.npz", "sum to 1",
                                            lambda run: _scale_tta(run / "jobs/member0-fold0/heldout.npz")),
-    "an unfinished run": ("", "unfinished", lambda run: (run / "jobs/member0-fold1/job.json").unlink()),
     "damaged metrics": ("metrics.json", "not valid JSON", lambda run: (run / "metrics.json").write_text("{")),
     "excluded rows out of range": ("run.json", "out of range", lambda run: (run / "run.json").write_text(json.dumps(
         {**json.loads((run / "run.json").read_text()), "exclude_rows": [5, 10**6]}))),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_FLAGS, one_error_line, snapshot, tiny
+from conftest import DAMAGED_RUNS, TINY_FLAGS, one_error_line, snapshot, tiny
 
 import digit_recognizer.distill as distill_module
 import digit_recognizer.train as training_loop
@@ -199,27 +199,9 @@ def test_a_fold_student_never_trains_on_its_fold_and_learns_from_its_folds_teach
 
 # --- (e) bad input: exit code 2, one line naming the file, nothing written --------------------------------------
 
-def _garbage(path: Path) -> None:
-    path.write_bytes(b"PK\x03\x04garbage")
-
-
-MANGLED = {
-    "no run.json": ("run.json", "not found", lambda run: (run / "run.json").unlink()),
-    "unfinished": ("", "unfinished", lambda run: (run / "jobs/member0-fold1/job.json").unlink()),
-    "heldout garbage": ("jobs/member1-fold0/heldout.npz", "cannot read",
-                        lambda run: _garbage(run / "jobs/member1-fold0/heldout.npz")),
-    "weights garbage": ("jobs/member0-fold1/model.safetensors", "not a readable safetensors",
-                        lambda run: _garbage(run / "jobs/member0-fold1/model.safetensors")),
-    "config garbage": ("jobs/member1-fold1/config.json", "not valid JSON",
-                       lambda run: (run / "jobs/member1-fold1/config.json").write_text("{")),
-    "a comparison": ("run.json", "a comparison", lambda run: (run / "run.json").write_text(json.dumps(
-        {**json.loads((run / "run.json").read_text()), "kind": "compare"}))),
-}
-
-
-@pytest.mark.parametrize("case", MANGLED)
+@pytest.mark.parametrize("case", DAMAGED_RUNS)
 def test_a_bad_teacher_is_named_and_nothing_is_written(case, teacher, tmp_path, capsys):
-    name, fault, damage = MANGLED[case]
+    name, fault, damage = DAMAGED_RUNS[case]
     run = Path(shutil.copytree(teacher, tmp_path / "teacher"))
     damage(run)
     before = snapshot(run)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_FLAGS, one_error_line, snapshot
+from conftest import DAMAGED_RUNS, TINY_FLAGS, one_error_line, snapshot
 
 import digit_recognizer.execute as execute
 import digit_recognizer.runs as runs
@@ -155,20 +155,9 @@ def test_the_job_of_fold_k_learns_only_from_the_teachers_of_fold_k(teacher, teac
 
 # --- (c) bad input: exit code 2, one line naming the file or flag, nothing written -------------------------------
 
-def _kind_compare(run: Path) -> None:
-    (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()), "kind": "compare"}))
-
-
-MANGLED = {
-    "unfinished": ("", "unfinished", lambda run: (run / "jobs/member0-fold1/job.json").unlink()),
-    "not a run": ("run.json", "not found", lambda run: (run / "run.json").unlink()),
-    "a comparison": ("run.json", "a comparison", _kind_compare),
-}
-
-
-@pytest.mark.parametrize("case", MANGLED)
+@pytest.mark.parametrize("case", DAMAGED_RUNS)
 def test_a_bad_teacher_is_named_and_nothing_is_written(case, teacher, tmp_path, capsys):
-    name, fault, damage = MANGLED[case]
+    name, fault, damage = DAMAGED_RUNS[case]
     run = Path(shutil.copytree(teacher, tmp_path / "teacher"))
     damage(run)
     before = snapshot(run)
