@@ -16,7 +16,7 @@ from .models import to_input
 # Test-time augmentation: the identity plus one-pixel shifts in the four directions, for the images the network
 # is unsure of: those whose most probable digit has a probability below TTA_UNSURE on the image itself. Out of fold
 # on 20 networks of docs/results.md, shifting only those (1-3 % of the rows) made the same errors as shifting every
-# image, within one row, for a tenth of the extra forward passes. (Label smoothing 0.1 caps a sure digit at ~0.91.)
+# image, within one row, in about a tenth of the extra time. (Label smoothing 0.1 caps a sure digit at ~0.91.)
 TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 TTA_UNSURE = 0.8
 
