@@ -230,6 +230,11 @@ def test_the_same_command_resumes_and_another_threshold_is_other_settings(stage,
     before = snapshot(out)
     assert main([*argv, "--pseudo-threshold", "0.7"]) == 2
     one_error_line(capsys, str(out), "other settings", f"threshold {THRESHOLD} -> 0.7")
+    # Without the flag, the threshold is 0.99 less 0.9 x the teacher's label smoothing (0.1): 0.9, not 0.99, which
+    # a network trained with label smoothing never reaches.
+    assert read_trained_run(teacher, "").cfg.label_smoothing == 0.1
+    assert main(argv) == 2
+    assert "-> 0.99" not in one_error_line(capsys, str(out), "other settings", f"threshold {THRESHOLD} -> 0.9")
     assert main(["run", *SETTINGS, *FOLDS, "--out", str(out)]) == 2  # the same run without --pseudo-labels
     one_error_line(capsys, str(out), "other settings", "other pseudo_labels")
     assert snapshot(out) == before

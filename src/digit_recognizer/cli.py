@@ -337,7 +337,8 @@ def _add_pseudo_flags(parser: argparse.ArgumentParser, test: str) -> None:
                             "labelled with their digit; the job of fold k learns only from that run's fold-k networks")
     group.add_argument("--pseudo-threshold", type=float, metavar="P",
                        help="use a test image when the mean probability of its most probable digit over the "
-                            "teacher networks is at least P, in (0, 1) (default: 0.99)")
+                            "teacher networks is at least P, in (0, 1) (default: 0.99 less 0.9 x the first stage's "
+                            "label smoothing: 0.90 for the fast recipe)")
 
 
 def _pseudo_source(args: argparse.Namespace) -> PseudoLabelSource | None:
@@ -349,11 +350,12 @@ def _pseudo_source(args: argparse.Namespace) -> PseudoLabelSource | None:
                              "images")
         return None
     from .rundir import read_trained_run
-    from .runs import DEFAULT_PSEUDO_THRESHOLD, PSEUDO_USE, PseudoLabelSource, check_pseudo_threshold
+    from .runs import PSEUDO_USE, PseudoLabelSource, check_pseudo_threshold, default_pseudo_threshold
 
-    threshold = DEFAULT_PSEUDO_THRESHOLD if args.pseudo_threshold is None else args.pseudo_threshold
-    check_pseudo_threshold(threshold)
-    read_trained_run(args.pseudo_labels, PSEUDO_USE)  # a folder that is not a run is named before the data is read
+    if args.pseudo_threshold is not None:
+        check_pseudo_threshold(args.pseudo_threshold)
+    teacher = read_trained_run(args.pseudo_labels, PSEUDO_USE)  # a folder that is not a run: named before the data
+    threshold = default_pseudo_threshold(teacher.cfg) if args.pseudo_threshold is None else args.pseudo_threshold
     return PseudoLabelSource(args.pseudo_labels, threshold)
 
 
