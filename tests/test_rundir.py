@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import snapshot
+from conftest import TINY_FLAGS, snapshot
 from safetensors.numpy import load_file
 
 import digit_recognizer.rundir as rundir_module
@@ -18,7 +18,7 @@ from digit_recognizer.config import method_config
 from digit_recognizer.data import Digits
 from digit_recognizer.runs import train_run
 
-TINY = ["--preset", "fast", "--epochs", "1", "--filters", "4,8,8", "--dense", "16", "--quiet"]
+TINY = ["--preset", "fast", *TINY_FLAGS, "--quiet"]
 
 
 def run(small_data_dir, out, *extra):
