@@ -23,6 +23,7 @@ import numpy as np
 
 from digit_recognizer.audit import read_run
 from digit_recognizer.data import find_csv, read_train
+from digit_recognizer.evaluate import shared_errors
 from digit_recognizer.rundir import read_trained_records
 
 
@@ -42,20 +43,21 @@ def main() -> None:
     parser.add_argument("--tta", action="store_true", help="the probabilities with test-time augmentation")
     parser.add_argument("--results", type=Path, help="also append the figures as one JSON line here")
     args = parser.parse_args()
+    if len(args.runs) < 2:
+        parser.error("give at least two runs: diversity is between networks")
     train = read_train(find_csv(args.data_dir, "train"))
     names = [path.name for path in args.runs]
     probas = [out_of_fold(path, train, args.tta) for path in args.runs]
-    wrong = [p.argmax(1) != train.labels for p in probas]
-    rows = len(train.labels)
-    average = int((np.mean(probas, axis=0).argmax(1) != train.labels).sum())
-    pairs = {f"{names[i]} & {names[j]}": {"both": int((wrong[i] & wrong[j]).sum()),
-                                          "if_independent": round(int(wrong[i].sum()) * int(wrong[j].sum()) / rows, 2)}
+    shared = shared_errors(probas, train.labels)
+    rows, average = shared.rows, shared.average
+    every, any_ = shared.wrong_in_all, shared.wrong_in_any
+    pairs = {f"{names[i]} & {names[j]}": {"both": shared.both[i][j],
+                                          "if_independent": round(shared.errors[i] * shared.errors[j] / rows, 2)}
              for i, j in itertools.combinations(range(len(names)), 2)}
-    members = {name: int(w.sum()) for name, w in zip(names, wrong, strict=True)}
+    members = dict(zip(names, shared.errors, strict=True))
     print(f"out-of-fold errors{' with TTA' if args.tta else ''} on {rows:,} rows")
     for name, errors in members.items():
         print(f"  {name}: {errors}")
-    every, any_ = int(np.logical_and.reduce(wrong).sum()), int(np.logical_or.reduce(wrong).sum())
     print(f"  mean of the runs: {np.mean(list(members.values())):.1f}; their average: {average}; "
           f"wrong in every run: {every}; in at least one: {any_}")
     for pair, counts in pairs.items():

@@ -15,7 +15,7 @@ import digit_recognizer.train as train_module
 from digit_recognizer.cli import main
 from digit_recognizer.config import TrainConfig
 from digit_recognizer.data import Digits, split_indices
-from digit_recognizer.evaluate import network_proba, shifted
+from digit_recognizer.evaluate import network_proba, shared_errors, shifted
 from digit_recognizer.loading import load_model
 from digit_recognizer.methods import EnsembleModel
 from digit_recognizer.models import build_network
@@ -87,6 +87,37 @@ def test_ensemble_averages_its_members(digits, tmp_path):
     for m in range(2):
         for name in ("model.safetensors", "history.csv", "config.json", "heldout.npz", "job.json"):
             assert (tmp_path / "jobs" / f"member{m}" / name).is_file()
+
+
+def one_hot(predicted: list[int]) -> np.ndarray:
+    return np.eye(10, dtype=np.float32)[predicted]
+
+
+def test_shared_errors_count_the_rows_networks_get_wrong_together():
+    labels = np.array([0, 1, 2, 3, 4, 5])
+    a = one_hot([9, 9, 2, 3, 4, 5])  # wrong on rows 0, 1
+    b = one_hot([9, 1, 9, 3, 4, 5])  # wrong on rows 0, 2
+    c = one_hot([9, 1, 2, 9, 4, 5])  # wrong on rows 0, 3
+    shared = shared_errors([a, b, c], labels)
+    assert shared.errors == (2, 2, 2) and shared.average == 1  # the average errs on row 0 only
+    assert shared.both == ((2, 1, 1), (1, 2, 1), (1, 1, 2))
+    assert (shared.wrong_in_all, shared.wrong_in_any) == (1, 4)
+    summary = shared.summary()
+    assert summary["both_wrong"] == 1.0 and summary["if_independent"] == pytest.approx(2 * 2 / 6, abs=0.01)
+    with pytest.raises(ValueError, match="two networks"):
+        shared_errors([a], labels)
+
+
+def test_an_ensembles_metrics_say_how_often_its_members_err_together(digits, tmp_path):
+    metrics = train_run(digits, tmp_path, "fast", tiny(), progress=False, members=3, folds=2)
+    shared, table = metrics["shared_errors"], metrics["table"]
+    assert shared["rows"] == 300 and shared["errors"] == [row["errors"] for row in table[:-1]]
+    assert shared["average"] == table[-1]["errors"]
+    for row in table:
+        assert row["errors"] == round((1 - row["accuracy"]) * 300)
+        assert row["errors_tta"] == round((1 - row["accuracy_tta"]) * 300)
+    assert shared["wrong_in_all"] <= shared["both_wrong"] <= max(shared["errors"]) <= shared["wrong_in_any"]
+    assert "wrong in every member" in (tmp_path / "report.html").read_text()
 
 
 def test_restart_trains_only_unfinished_jobs(digits, tmp_path, monkeypatch):

@@ -141,4 +141,5 @@ def test_every_committed_recipe_file_still_makes_the_recipe_it_measured(harness)
     seeds = sorted({line["seed"] for line in measured})
     for data in {line["data"] for line in measured}:
         done = harness.already_measured(results, recipes, seeds, 5, data)
-        assert done  # the check ran on lines of these recipes
+        # every line of this data was checked against its recipe file (none skipped as unknown)
+        assert done == {(line["recipe"], line["seed"]) for line in measured if line["data"] == data}

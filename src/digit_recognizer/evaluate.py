@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
 import torch
@@ -59,12 +61,13 @@ def network_proba(
     for start in range(0, len(pixels), batch_size):
         x = to_input(pixels[start:start + batch_size].to(device))
         own = proba(x)
-        unsure = torch.ones(len(x), dtype=torch.bool, device=device) if unsure_below is None else (
-            own.max(1).values < unsure_below)
-        if len(shifts) > 1 and bool(unsure.any()):
-            doubtful = x[unsure]
-            total = own[unsure] + sum(proba(shifted(doubtful, dy, dx)) for dy, dx in shifts[1:])
-            own[unsure] = total / len(shifts)
+        if len(shifts) > 1:
+            unsure = torch.ones(len(x), dtype=torch.bool, device=device) if unsure_below is None else (
+                own.max(1).values < unsure_below)
+            if bool(unsure.any()):
+                doubtful = x[unsure]
+                total = own[unsure] + sum(proba(shifted(doubtful, dy, dx)) for dy, dx in shifts[1:])
+                own[unsure] = total / len(shifts)
         out[start:start + len(x)] = own.cpu().numpy()
     return out
 
@@ -85,3 +88,38 @@ def confident_errors(proba: np.ndarray, labels: np.ndarray, k: int = 12) -> np.n
     wrong = np.flatnonzero(predicted != labels)
     confidence = proba[wrong, predicted[wrong]]
     return wrong[np.argsort(-confidence)][:k]
+
+
+@dataclass(frozen=True)
+class SharedErrors:
+    """Where networks scored on the same rows err together. Averaging can mend only rows that some of them get
+    right, so the rows two networks both get wrong, against what they would share if their mistakes were
+    independent (``a * b / rows``), measure the diversity an ensemble has to work with."""
+
+    rows: int
+    errors: tuple[int, ...]           # each network's
+    average: int                      # the mean of their probabilities'
+    both: tuple[tuple[int, ...], ...]  # both[i][j]: rows networks i and j both get wrong; both[i][i] = errors[i]
+    wrong_in_all: int
+    wrong_in_any: int
+
+    def summary(self) -> dict:
+        """The figures a run's metrics record: means over the pairs of networks."""
+        pairs = list(combinations(range(len(self.errors)), 2))
+        return {"rows": self.rows, "errors": list(self.errors), "average": self.average,
+                "both_wrong": round(float(np.mean([self.both[i][j] for i, j in pairs])), 2),
+                "if_independent": round(float(np.mean([self.errors[i] * self.errors[j] / self.rows
+                                                       for i, j in pairs])), 2),
+                "wrong_in_all": self.wrong_in_all, "wrong_in_any": self.wrong_in_any}
+
+
+def shared_errors(probas: Sequence[np.ndarray], labels: np.ndarray) -> SharedErrors:
+    """:class:`SharedErrors` of two or more networks' probabilities ``(n, 10)`` of the same rows."""
+    if len(probas) < 2:
+        raise ValueError("shared errors need at least two networks")
+    wrong = np.stack([p.argmax(1) != labels for p in probas]).astype(np.int64)
+    both = wrong @ wrong.T
+    return SharedErrors(len(labels), tuple(int(e) for e in wrong.sum(1)),
+                        int((np.mean(probas, axis=0).argmax(1) != labels).sum()),
+                        tuple(tuple(int(v) for v in row) for row in both),
+                        int(wrong.all(0).sum()), int(wrong.any(0).sum()))

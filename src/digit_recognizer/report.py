@@ -93,8 +93,9 @@ def render_report(run_dir: RunDir) -> str:
             f"given label and the suggested one. Every flagged row is listed in {LABEL_ISSUES_TABLE}.")),
     ]
     if ensemble:
-        sections.append(("members", "Members", _table(metrics.get("table", []),
-                                                      ["model", "accuracy", "accuracy_tta", "train_seconds"])))
+        sections.append(("members", "Members", _table(
+            metrics.get("table", []), ["model", "accuracy", "errors", "accuracy_tta", "errors_tta", "train_seconds"])
+            + _shared_errors(metrics.get("shared_errors"))))
     sections.append(("pseudo-labels", "Pseudo-labelled test images", _pseudo_labels(metrics.get("pseudo_labels"))))
     execution = metrics.get("execution", {})
     if execution:
@@ -158,6 +159,20 @@ def _settings(what: dict) -> str:
     if isinstance(what.get("pseudo_labels"), dict):
         run["pseudo-label threshold"] = what["pseudo_labels"].get("threshold")
     return f'<div class="cols"><div>{_key_values(run)}</div><div>{_key_values(what.get("train", {}))}</div></div>'
+
+
+def _shared_errors(shared: object) -> str:
+    """How often the members err on the same rows, in a sentence."""
+    if not isinstance(shared, dict) or not isinstance(shared.get("errors"), list) or not shared["errors"]:
+        return ""
+    errors = [e for e in shared["errors"] if isinstance(e, int | float)]
+    mean = sum(errors) / len(errors) if errors else float("nan")
+    return (f"<p>Out of {escape(_format(shared.get('rows')))} rows, each member gets {mean:,.1f} wrong on average "
+            f"(one pass) and their average {escape(_format(shared.get('average')))}. Any two members get "
+            f"{escape(_format(shared.get('both_wrong')))} rows wrong together on average, against "
+            f"{escape(_format(shared.get('if_independent')))} if their mistakes were independent; "
+            f"{escape(_format(shared.get('wrong_in_all')))} rows are wrong in every member, "
+            f"{escape(_format(shared.get('wrong_in_any')))} in at least one.</p>")
 
 
 def _pseudo_labels(pseudo: object) -> str:

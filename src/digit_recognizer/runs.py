@@ -37,7 +37,7 @@ from . import tensorboard as events
 from .config import METHOD_NAMES, METHODS, TrainConfig, check_method, choose, method_config
 from .data import Digits
 from .errors import UsageError
-from .evaluate import accuracy, confident_errors, log_loss
+from .evaluate import accuracy, confident_errors, log_loss, shared_errors
 from .execute import Executor, InProcess, run_jobs
 from .jobs import Job, JobRecord, compare_jobs, excluded_rows, plan_jobs, with_pseudo_labels
 from .loading import load_model
@@ -290,12 +290,15 @@ def _report_ensemble(run_dir: RunDir, digits: Digits, records: list[JobRecord], 
         held_out[record.scored_rows] = True
         seconds[m] += record.summary.seconds
     y = digits.labels[held_out]
-    table = [{"model": f"member {m}", "accuracy": accuracy(proba[m, held_out], y),
-              "accuracy_tta": accuracy(proba_tta[m, held_out], y), "train_seconds": round(seconds[m], 1)}
-             for m in range(members)]
+
+    def row(model: str, p: np.ndarray, p_tta: np.ndarray, train_seconds: float) -> dict:
+        return {"model": model, "accuracy": accuracy(p, y), "errors": int((p.argmax(1) != y).sum()),
+                "accuracy_tta": accuracy(p_tta, y), "errors_tta": int((p_tta.argmax(1) != y).sum()),
+                "train_seconds": round(train_seconds, 1)}
+
+    table = [row(f"member {m}", proba[m, held_out], proba_tta[m, held_out], seconds[m]) for m in range(members)]
     mean, mean_tta = proba.mean(0)[held_out], proba_tta.mean(0)[held_out]
-    table.append({"model": f"ensemble of {members}", "accuracy": accuracy(mean, y),
-                  "accuracy_tta": accuracy(mean_tta, y), "train_seconds": round(seconds.sum(), 1)})
+    table.append(row(f"ensemble of {members}", mean, mean_tta, seconds.sum()))
     estimate = "out-of-fold" if folds > 1 else "validation split"
     title = f"ensemble of {members} + TTA"
     run_dir.write_figure(plot_confusion(y, mean_tta.argmax(1), f"{title}, {estimate} ({len(y):,} images): "
@@ -311,6 +314,8 @@ def _report_ensemble(run_dir: RunDir, digits: Digits, records: list[JobRecord], 
         "ensemble_accuracy": table[-1]["accuracy"], "ensemble_accuracy_tta": table[-1]["accuracy_tta"],
         "ensemble_loss": log_loss(mean, y), "train_seconds": round(seconds.sum(), 1), "table": table,
         "per_class": per_class(y, mean_tta.argmax(1)),
+        # How often members err on the same rows (one pass): what averaging them has to work with.
+        **({"shared_errors": shared_errors(list(proba[:, held_out]), y).summary()} if members > 1 else {}),
     }
 
 
