@@ -120,9 +120,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=list(PRESETS),
                         help="seed: the seed kernel's CNN and recipe (= --model cnn); fast: a small CNN that "
                              "reaches the same accuracy in a fraction of the time (= --model fast); ensemble: "
-                             "the default ensemble for this hardware, out-of-fold scored "
-                             "(CPU: 8 fast networks x 5 folds, at most about 75 minutes on 2 cores; GPU: 15 seed "
-                             "networks x 5 folds)")
+                             "8 fast networks x 5 folds, out-of-fold scored, its submission "
+                             "with TTA (about 25 minutes on 2 CPU cores)")
     parser.add_argument("--members", type=int,
                         help="train an ensemble of N networks that differ by seed and average them (default: 1)")
     parser.add_argument("--folds", type=int,
@@ -135,16 +134,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def apply_preset(args: argparse.Namespace) -> None:
     """Resolve --preset, --model, --members, --folds and (run) --tta (:func:`~digit_recognizer.config.choose`)
-    into ``args.model``, ``args.members``, ``args.folds`` and ``args.tta``; a preset sized to the hardware picks by
-    the device that will train."""
-    from .train import resolve_device
-
+    into ``args.model``, ``args.members``, ``args.folds`` and ``args.tta``."""
     try:
-        device_type = resolve_device(args.device or "auto").type
-    except (ValueError, RuntimeError) as err:
-        raise UsageError(f"bad training setting: {err}") from None
-    try:
-        chosen = choose(args.preset, args.model, args.members, args.folds, device_type, getattr(args, "tta", None))
+        chosen = choose(args.preset, args.model, args.members, args.folds, getattr(args, "tta", None))
     except ValueError as err:
         raise UsageError(str(err)) from None
     args.model, args.members, args.folds = chosen.method, chosen.members, chosen.folds

@@ -277,7 +277,7 @@ def method_config(name: str) -> TrainConfig:
     return dataclasses.replace(check_method(name).recipe or TrainConfig())
 
 
-# --- presets: what --preset trains, by hardware ------------------------------------------------------------
+# --- presets: what --preset trains ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Preset:
@@ -291,33 +291,31 @@ class Preset:
 
 # `--preset fast`: one fast network, its submission with TTA (the shifted copies of the 1-3 % of test digits it is
 # unsure of cost under a second and save about ten errors out of fold: docs/results.md).
-# `--preset ensemble`: networks averaged and scored out of fold on every training row, sized to the
-# hardware. On 2 CPU cores, 8 fast networks x 5 folds: 74 minutes with the 12-epoch float32 fast recipe, less
-# with today's (docs/results.md: 20 epochs instead of 12 bought less than more members, 12 members of a cheaper
-# network did worse than these 8, and TTA helps each member but not their average). On a GPU, the seed network,
-# 15 of them, as many as the best public solutions average.
-PRESETS: dict[str, Preset | dict[str, Preset]] = {
+# `--preset ensemble`: 8 fast networks x 5 folds, scored out of fold on every training row, its submission the
+# average of all 40 with TTA: 165 errors out of fold (162 with TTA) in 25 minutes on 2 CPU cores (docs/results.md;
+# 12 members of a cheaper network did worse, more epochs bought less than more members, and members that differ
+# by recipe share as many mistakes as members that differ by seed). The same on a GPU: the seed network costs 7.7x
+# the fast one's multiply-adds and 3.75x its epochs, and scored no better per network, out of fold or on a
+# labelled sample of the test set.
+PRESETS: dict[str, Preset] = {
     "seed": Preset("cnn"),
     "fast": Preset("fast", tta=True),
-    "ensemble": {"cpu": Preset("fast", members=8, folds=5),
-                 "cuda": Preset("cnn", members=15, folds=5)},
+    "ensemble": Preset("fast", members=8, folds=5, tta=True),
 }
 
 
-def preset(name: str, device_type: str = "cpu") -> Preset:
-    """The preset of that name; one sized to the hardware picks by ``device_type`` (``cpu`` or ``cuda``)."""
+def preset(name: str) -> Preset:
+    """The preset of that name."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset '{name}'; known: {', '.join(PRESETS)}")
-    chosen = PRESETS[name]
-    return chosen[device_type] if isinstance(chosen, dict) else chosen
+    return PRESETS[name]
 
 
 def choose(preset_name: str | None, model: str | None, members: int | None, folds: int | None,
-           device_type: str, tta: bool | None = None) -> Preset:
-    """What a training command trains: ``--preset`` (default ``seed``; one sized to the hardware picks by
-    ``device_type``) and ``--model``, ``--members``, ``--folds``, ``--tta/--no-tta``, which win over it. Raises
-    ValueError for a combination that cannot work."""
-    chosen = preset(preset_name or "seed", "cuda" if device_type == "cuda" else "cpu")
+           tta: bool | None = None) -> Preset:
+    """What a training command trains: ``--preset`` (default ``seed``) and ``--model``, ``--members``, ``--folds``,
+    ``--tta/--no-tta``, which win over it. Raises ValueError for a combination that cannot work."""
+    chosen = preset(preset_name or "seed")
     if preset_name and model and model != chosen.method:
         raise ValueError(f"--preset {preset_name} trains model '{chosen.method}', not '{model}'")
     method = check_method(model or chosen.method)

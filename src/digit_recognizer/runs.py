@@ -135,7 +135,7 @@ def _train(run_dir: RunDir, digits: Digits, method: str, cfg: TrainConfig | None
     cfg.validate()
     if tensorboard and events.tensorboard_missing():
         raise ImportError(events.tensorboard_missing())
-    choose(None, method, members, folds, "cpu")  # the rule of what can be trained, in one place
+    choose(None, method, members, folds)  # the rule of what can be trained, in one place
     ensemble = members != 1 or folds != 1
     jobs = plan_jobs(method, cfg, digits.labels, members, folds, exclude_rows)
     excluded = excluded_rows(exclude_rows, len(digits)).tolist()
