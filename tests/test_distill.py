@@ -124,6 +124,13 @@ def test_the_student_is_a_single_run_that_predict_and_export_take(student, test_
     assert metrics["test_images"] == 1000 and metrics["temperature"] == 2.0
     assert metrics["estimate"] == "out-of-fold" and metrics["rows_scored"] == 4000
     assert metrics["errors"] == round((1 - metrics["val_accuracy"]) * 4000)
+    assert metrics["errors_tta"] == round((1 - metrics["val_accuracy_tta"]) * 4000)
+    labels, wrong_tta, rows = load_embedded()[0].labels, 0, 0
+    for path in sorted(student.glob("jobs/*/heldout.npz")):  # each scoring student's rows, also with TTA
+        with np.load(path) as saved:
+            wrong_tta += int((saved["proba_tta"].argmax(1) != labels[saved["scored_rows"]]).sum())
+            rows += len(saved["scored_rows"])
+    assert (rows, wrong_tta) == (4000, metrics["errors_tta"])
     assert metrics["val_accuracy"] > 0.5  # it learned (tiny networks: about 0.9)
     page = (student / "report.html").read_text()
     assert "one network distilled from 2 x 2 teacher networks" in page and "one training run" not in page

@@ -92,7 +92,7 @@ def plan_students(teacher: TrainedRun, teacher_jobs: list[Job], labels: np.ndarr
         for k in range(teacher.folds):
             pair = teacher_jobs[k]  # member 0 of fold k: every member of the fold has the same rows
             job = Job(member_name(0, k if teacher.folds > 1 else None), method, cfg, pair.train_rows,
-                      pair.scored_rows)
+                      pair.scored_rows, heldout_tta=True)  # scored as the fast preset predicts too
             teachers = tuple(teacher_jobs[m * teacher.folds + k].name for m in range(teacher.members))
             students.append(Student(job, teachers, scored=True))
     every = np.setdiff1d(np.arange(len(labels)), np.asarray(teacher.exclude_rows, dtype=np.int64))
@@ -157,9 +157,11 @@ def train_student(job: Job, digits: Digits, test: Digits, targets: np.ndarray, t
     started = time.perf_counter()
     proba = network_proba(network, digits.images[job.scored_rows], device=device)
     predict_seconds = time.perf_counter() - started
+    proba_tta = network_proba(network, digits.images[job.scored_rows], device=device, tta=True) \
+        if job.heldout_tta else None
     student = NetClassifier(job.method, cfg, device=device)
     student.network_, student.history_, student.classes_ = network.cpu(), history, np.arange(10)
-    return JobResult(job, student, history, accuracy(proba, digits.labels[job.scored_rows]), proba, None, None,
+    return JobResult(job, student, history, accuracy(proba, digits.labels[job.scored_rows]), proba, proba_tta, None,
                      seconds, predict_seconds, socket.gethostname(), str(device))
 
 
@@ -239,15 +241,16 @@ def _score(run_dir: RunDir, digits: Digits, students: list[Student], done: dict[
     (the mean of each fold's members, as the students are scored: no test-time augmentation); the confusion matrix
     and the digits the students get wrong."""
     n = len(digits)
-    proba, teacher_proba = np.zeros((n, 10), dtype=np.float32), np.zeros((n, 10), dtype=np.float32)
+    proba, proba_tta = np.zeros((n, 10), dtype=np.float32), np.zeros((n, 10), dtype=np.float32)
+    teacher_proba = np.zeros((n, 10), dtype=np.float32)
     scored = np.zeros(n, dtype=bool)
     for student in students:
         record = done[student.job.name]
-        proba[record.scored_rows] = record.proba
+        proba[record.scored_rows], proba_tta[record.scored_rows] = record.proba, record.proba_tta
         scored[record.scored_rows] = True
     for _, record in records:
         teacher_proba[record.scored_rows] += record.proba / teacher.members
-    y, proba, teacher_proba = digits.labels[scored], proba[scored], teacher_proba[scored]
+    y, proba, proba_tta, teacher_proba = digits.labels[scored], proba[scored], proba_tta[scored], teacher_proba[scored]
     estimate = "out-of-fold" if teacher.folds > 1 else "validation split"
     run_dir.write_figure(plot_confusion(y, proba.argmax(1), f"distilled students, {estimate} ({len(y):,} images): "
                                         f"accuracy {accuracy(proba, y):.4f}"), CONFUSION_FILE)
@@ -257,6 +260,8 @@ def _score(run_dir: RunDir, digits: Digits, students: list[Student], done: dict[
         "estimate": estimate, "rows_scored": int(scored.sum()), "n_val": int(scored.sum()),
         "val_accuracy": accuracy(proba, y), "val_loss": log_loss(proba, y),
         "errors": int((proba.argmax(1) != y).sum()),
+        # with the fast preset's test-time augmentation (the unsure digits only), as a served student predicts
+        "val_accuracy_tta": accuracy(proba_tta, y), "errors_tta": int((proba_tta.argmax(1) != y).sum()),
         "teacher_accuracy": accuracy(teacher_proba, y), "teacher_errors": int((teacher_proba.argmax(1) != y).sum()),
         "students": [{"name": s.job.name, "teachers": list(s.teachers), "train_rows": len(s.job.train_rows),
                       "scored_rows": len(s.job.scored_rows), "accuracy": done[s.job.name].summary.accuracy}
@@ -267,8 +272,9 @@ def _score(run_dir: RunDir, digits: Digits, students: list[Student], done: dict[
 
 def result_line(metrics: dict, out: Path) -> str:
     """The line ``distill`` ends with."""
-    score = (f"{metrics['estimate']} accuracy {metrics['val_accuracy']:.4f} ({metrics['errors']:,} errors; the "
-             f"teachers {metrics['teacher_accuracy']:.4f}, {metrics['teacher_errors']:,})" if "estimate" in metrics
+    score = (f"{metrics['estimate']} accuracy {metrics['val_accuracy']:.4f} ({metrics['errors']:,} errors; "
+             f"{metrics['errors_tta']:,} with TTA; the teachers {metrics['teacher_accuracy']:.4f}, "
+             f"{metrics['teacher_errors']:,})" if "estimate" in metrics
              else "not scored (--no-score)")
     return (f"distilled {metrics['teacher']} into one {metrics['model']} network at temperature "
             f"{metrics['temperature']:g} with {metrics['test_images']:,} test images: {score}; outputs in {out}/ "

@@ -65,7 +65,8 @@ def render_report(run_dir: RunDir) -> str:
                 "teacher networks"
         estimate = metrics.get("estimate")
         headline = {f"students' {estimate} accuracy" if estimate else "not scored": metrics.get("val_accuracy"),
-                    "teachers' accuracy": metrics.get("teacher_accuracy"), "temperature": metrics.get("temperature"),
+                    "with TTA": metrics.get("val_accuracy_tta"), "teachers' accuracy": metrics.get("teacher_accuracy"),
+                    "temperature": metrics.get("temperature"),
                     "training (s)": metrics.get("train_seconds")}
         scored = (f"the {metrics.get('rows_scored', 0):,} rows its students were scored on ({estimate}: each by a "
                   "student whose teachers never trained on it)") if estimate else "no rows (--no-score)"
