@@ -114,14 +114,14 @@ def test_one_hot_soft_targets_train_as_the_labels_do(embedded):
 
 def test_the_student_is_a_single_run_that_predict_and_export_take(student, test_csv, tmp_path):
     what = json.loads((student / "run.json").read_text())
-    assert what["kind"] == "distill" and what["temperature"] == 2.0 and what["method"] == "fast"
+    assert what["kind"] == "distill" and what["temperature"] == 1.0 and what["method"] == "fast"
     recorded = set(what["files"])
     present = {str(p.relative_to(student)) for p in student.rglob("*") if p.is_file()}
     assert present <= recorded  # run.json records every file the run wrote
     for name in ("config.json", "model.safetensors", "history.csv", "metrics.json", "report.html", "submission.csv"):
         assert name in present, name
     metrics = json.loads((student / "metrics.json").read_text())
-    assert metrics["test_images"] == 1000 and metrics["temperature"] == 2.0
+    assert metrics["test_images"] == 1000 and metrics["temperature"] == 1.0
     assert metrics["estimate"] == "out-of-fold" and metrics["rows_scored"] == 4000
     assert metrics["errors"] == round((1 - metrics["val_accuracy"]) * 4000)
     assert metrics["errors_tta"] == round((1 - metrics["val_accuracy_tta"]) * 4000)
@@ -260,7 +260,7 @@ def test_the_same_command_resumes_and_other_settings_are_refused(student, teache
     before = snapshot(out)
     assert main(["distill", "--teacher", str(teacher), "--out", str(out), "--temperature", "3",
                  *STUDENT_FLAGS]) == 2
-    one_error_line(capsys, str(out), "other settings", "temperature 2.0 -> 3.0")
+    one_error_line(capsys, str(out), "other settings", "temperature 1.0 -> 3.0")
     assert main(["distill", "--teacher", str(teacher), "--out", str(out), "--no-score", *STUDENT_FLAGS]) == 2
     one_error_line(capsys, str(out), "other settings", "score")
     assert snapshot(out) == before

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import (
+    DEFAULT_TEMPERATURE,
     DEVICE_HELP,
     INITS,
     METHOD_NAMES,
@@ -229,9 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "the embedded digits")
     p.add_argument("--out", type=Path, required=True, help="run directory to write; the same command run again "
                                                            "resumes an interrupted distillation there")
-    p.add_argument("--temperature", type=float, default=2.0,
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
                    help="softens the teachers' probabilities (p^(1/T), renormalised) and divides the student's "
-                        "logits in the loss (default: 2.0; 1: the probabilities as they are)")
+                        f"logits in the loss (default: {DEFAULT_TEMPERATURE:g}, the probabilities as they are; 2-4 "
+                        "suit teachers trained without label smoothing)")
     p.add_argument("--no-score", dest="score", action="store_false",
                    help="train only the served student, not the scoring students (one per fold of the teacher) "
                         "whose accuracy on rows none of them nor their teachers trained on is the honest score")

@@ -277,6 +277,15 @@ def method_config(name: str) -> TrainConfig:
     return dataclasses.replace(check_method(name).recipe or TrainConfig())
 
 
+# --- distillation ---------------------------------------------------------------------------------------------
+
+# `distill --temperature`'s default. The default teachers (the fast recipe, label smoothing 0.1) put nearly the same
+# small probability on every wrong digit; softening them further (T = 2) left their students worse than T = 1 did
+# (202 against 195 errors out of fold from four teachers: docs/results.md). Hinton et al.'s T > 1 suits teachers
+# trained on hard labels.
+DEFAULT_TEMPERATURE = 1.0
+
+
 # --- presets: what --preset trains ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from . import train as training_loop  # by module: resolve_device and fit are looked up when called
-from .config import TrainConfig, check_method, method_config
+from .config import DEFAULT_TEMPERATURE, TrainConfig, check_method, method_config
 from .data import Digits, split_indices
 from .errors import UsageError
 from .evaluate import accuracy, confident_errors, log_loss, network_proba
@@ -62,7 +62,6 @@ from .rundir import (
 )
 from .runs import network_probabilities, per_class
 
-DEFAULT_TEMPERATURE = 2.0
 TEACHER_USE = "distil a run made by 'run' or 'train' (a single run, --members N and/or --folds K)"
 
 
