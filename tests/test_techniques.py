@@ -60,13 +60,15 @@ def test_precision_picks_the_autocast_dtype_by_the_hardware_unless_forced(precis
 
 def test_float16_training_scales_the_loss_and_checkpoints_the_scale(digits, monkeypatch):
     """Where float16 is the autocast dtype (older GPUs), training goes through a gradient scaler, whose state
-    travels in the checkpoint; Muon, whose momentum the scaler cannot unscale, is refused before training.
+    travels in the checkpoint; with Muon, whose momentum the scaler cannot unscale, it trains in float32 instead.
     Simulated on the CPU: the dtype choice is forced, and the scaler runs disabled there."""
     monkeypatch.setattr(train_module, "autocast_dtype", lambda precision, device: FP16)
     training = build("fast", tiny(), torch.device("cpu"), steps_per_epoch=8)
     assert isinstance(training.scaler, torch.amp.GradScaler) and "scaler" in training.state(torch.device("cpu"))
-    with pytest.raises(ValueError, match="muon_lr needs bfloat16 or float32"):
-        build("fast", tiny(muon_lr=0.05), torch.device("cpu"), steps_per_epoch=8)
+    muon = tiny(muon_lr=0.05)
+    assert train_module.training_dtype(muon, torch.device("cpu")) is None
+    assert build("fast", muon, torch.device("cpu"), steps_per_epoch=8).scaler is None
+    assert train_module.training_dtype(tiny(), torch.device("cpu")) is FP16
     steps = []
     real_step = torch.amp.GradScaler.step
     monkeypatch.setattr(torch.amp.GradScaler, "step", lambda self, *a, **k: steps.append(1) or real_step(self, *a, **k))

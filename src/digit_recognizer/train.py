@@ -232,6 +232,15 @@ class Training:
         return state
 
 
+def training_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """What a training autocasts to (None: float32): its precision's dtype on this device
+    (:func:`~digit_recognizer.hardware.autocast_dtype`), but float32 where that is float16 (a GPU without bfloat16,
+    such as a P100 or T4) and Muon trains the filters: the loss scaler unscales SGD's gradients only, and Muon's
+    momentum would mix scaled and unscaled ones. The fast network is small enough for float32 there."""
+    dtype = autocast_dtype(cfg.precision, device)
+    return None if dtype == torch.float16 and cfg.muon_lr else dtype
+
+
 def build(method: str, cfg: TrainConfig, device: torch.device, steps_per_epoch: int,
           pixels: torch.Tensor | None = None) -> Training:
     """A fresh training of the network of ``method``, seeded by ``cfg.seed``, initialised and its BatchNorm
@@ -242,11 +251,8 @@ def build(method: str, cfg: TrainConfig, device: torch.device, steps_per_epoch: 
     network = network.to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, network)
     averaged = AveragedModel(network, avg_fn=_ema_with_warmup(cfg.ema)) if cfg.ema else None
-    scaler = None
-    if autocast_dtype(cfg.precision, device) == torch.float16:  # float16's range needs the loss scaled
-        if cfg.muon_lr:  # the scaler unscales SGD's gradients only; Muon's momentum would mix scales
-            raise ValueError("muon_lr needs bfloat16 or float32, and this GPU has no bfloat16: add --precision fp32")
-        scaler = torch.amp.GradScaler(device.type)
+    # float16's range needs the loss scaled
+    scaler = torch.amp.GradScaler(device.type) if training_dtype(cfg, device) == torch.float16 else None
     return Training(network, optimizer, make_schedule(cfg, optimizer, steps_per_epoch), averaged,
                     torch.Generator(device=device).manual_seed(cfg.seed), [], scaler)
 
@@ -325,7 +331,7 @@ def train_epoch(training: Training, cfg: TrainConfig, pixels: torch.Tensor, targ
     and seconds. Raises :class:`TrainingDiverged` at a non-finite loss or non-finite weights."""
     network, optimizer, scheduler = training.network, training.optimizer, training.scheduler
     device = pixels.device
-    dtype = autocast_dtype(cfg.precision, device)
+    dtype = training_dtype(cfg, device)
     started = time.perf_counter()
     network.train()
     n_batches = -(-len(pixels) // cfg.batch_size)
