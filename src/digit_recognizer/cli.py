@@ -122,7 +122,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                         help="seed: the seed kernel's CNN and recipe (= --model cnn); fast: a small CNN that "
                              "reaches the same accuracy in a fraction of the time (= --model fast); ensemble: "
                              "8 fast networks x 5 folds, out-of-fold scored, its submission "
-                             "with TTA (about 25 minutes on 2 CPU cores)")
+                             "with TTA (about 25 minutes on 2 CPU cores with bfloat16)")
     parser.add_argument("--members", type=int,
                         help="train an ensemble of N networks that differ by seed and average them (default: 1)")
     parser.add_argument("--folds", type=int,
@@ -232,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "resumes an interrupted distillation there")
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
                    help="softens the teachers' probabilities (p^(1/T), renormalised) and divides the student's "
-                        f"logits in the loss (default: {DEFAULT_TEMPERATURE:g}, the probabilities as they are; 2-4 "
-                        "suit teachers trained without label smoothing)")
+                        f"logits in the loss (default: {DEFAULT_TEMPERATURE:g}, the probabilities as they are; "
+                        "above 1 lifts the small ones)")
     p.add_argument("--no-score", dest="score", action="store_false",
                    help="train only the served student, not the scoring students (one per fold of the teacher) "
                         "whose accuracy on rows none of them nor their teachers trained on is the honest score")
