@@ -52,7 +52,7 @@ def main() -> None:
     rows, average = shared.rows, shared.average
     every, any_ = shared.wrong_in_all, shared.wrong_in_any
     pairs = {f"{names[i]} & {names[j]}": {"both": shared.both[i][j],
-                                          "if_independent": round(shared.errors[i] * shared.errors[j] / rows, 2)}
+                                          "if_independent": round(shared.if_independent(i, j), 2)}
              for i, j in itertools.combinations(range(len(names)), 2)}
     members = dict(zip(names, shared.errors, strict=True))
     print(f"out-of-fold errors{' with TTA' if args.tta else ''} on {rows:,} rows")

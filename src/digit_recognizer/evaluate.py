@@ -103,13 +103,16 @@ class SharedErrors:
     wrong_in_all: int
     wrong_in_any: int
 
+    def if_independent(self, i: int, j: int) -> float:
+        """The rows networks i and j would both get wrong if their mistakes were independent."""
+        return self.errors[i] * self.errors[j] / self.rows
+
     def summary(self) -> dict:
         """The figures a run's metrics record: means over the pairs of networks."""
         pairs = list(combinations(range(len(self.errors)), 2))
         return {"rows": self.rows, "errors": list(self.errors), "average": self.average,
                 "both_wrong": round(float(np.mean([self.both[i][j] for i, j in pairs])), 2),
-                "if_independent": round(float(np.mean([self.errors[i] * self.errors[j] / self.rows
-                                                       for i, j in pairs])), 2),
+                "if_independent": round(float(np.mean([self.if_independent(i, j) for i, j in pairs])), 2),
                 "wrong_in_all": self.wrong_in_all, "wrong_in_any": self.wrong_in_any}
 
 
