@@ -3,6 +3,7 @@ are checked by name, type and value, and the module stays torch-free."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -72,7 +73,9 @@ def test_presets_and_recipes():
     is a fresh copy, and an unknown preset is refused."""
     assert method_config("cnn") == TrainConfig()  # the seed recipe is the unchanged default
     assert preset("seed").method == "cnn" and preset("fast").method == "fast"
-    assert (preset("ensemble").method, preset("ensemble").members, preset("ensemble").folds) == ("fast", 8, 5)
+    assert (preset("ensemble").method, preset("ensemble").members, preset("ensemble").folds) == ("wide", 8, 5)
+    # the ensemble's member is the fast network at twice the width, trained the same way
+    assert method_config("wide") == dataclasses.replace(method_config("fast"), filters=(32, 64, 128))
     assert method_config("fast") is not method_config("fast")  # fresh copies: changing one leaves the recipe
     with pytest.raises(ValueError, match="unknown preset"):
         preset("turbo")

@@ -187,14 +187,14 @@ def test_ensembles_and_tta_are_for_networks(tmp_path, capsys):
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_ensemble_preset_is_the_same_on_any_hardware(device, monkeypatch):
-    """--preset ensemble is 8 fast networks x 5 folds with TTA, on a CPU as on a GPU; flags win over the preset,
+    """--preset ensemble is 8 wide networks x 5 folds with TTA, on a CPU as on a GPU; flags win over the preset,
     and an explicit 0 members or another model is refused."""
     from digit_recognizer.cli import UsageError, apply_preset, build_parser, config_from_args
 
     monkeypatch.setattr(train_module, "resolve_device", lambda name: torch.device(device))
     args = build_parser().parse_args(["run", "--preset", "ensemble"])
     apply_preset(args)
-    assert (args.model, args.members, args.folds, args.tta) == ("fast", 8, 5, True)
+    assert (args.model, args.members, args.folds, args.tta) == ("wide", 8, 5, True)
     assert config_from_args(args).label_smoothing == 0.1
 
     args = build_parser().parse_args(["train", "--preset", "ensemble", "--members", "2", "--label-smoothing", "0.2"])

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from . import train as training_loop  # by module: resolve_device and fit are looked up when called
-from .config import DEFAULT_TEMPERATURE, TrainConfig, check_method, method_config
+from .config import DEFAULT_TEMPERATURE, METHODS, TrainConfig, check_method, method_config
 from .data import Digits, split_indices
 from .errors import UsageError
 from .evaluate import accuracy, confident_errors, log_loss, network_proba
@@ -179,7 +179,8 @@ def distill(teacher_path: str | Path, train: Digits, test: Digits, out: str | Pa
     except ValueError as err:
         raise UsageError(f"--temperature: {err}") from None
     if not check_method(method).network:
-        raise UsageError(f"--model {method}: a student is a network; choose one of fast, cnn, mlp")
+        networks = ", ".join(name for name, record in METHODS.items() if record.network)
+        raise UsageError(f"--model {method}: a student is a network; choose one of {networks}")
     cfg = cfg or method_config(method)
     cfg.validate()
     teacher = read_trained_run(teacher_path, TEACHER_USE)
