@@ -15,7 +15,7 @@ import digit_recognizer.train as train_module
 from digit_recognizer.cli import main
 from digit_recognizer.config import TrainConfig
 from digit_recognizer.data import Digits, split_indices
-from digit_recognizer.evaluate import network_proba, shared_errors, shifted
+from digit_recognizer.evaluate import TTA_UNSURE, network_proba, network_proba_and_tta, shared_errors, shifted
 from digit_recognizer.loading import load_model
 from digit_recognizer.methods import EnsembleModel
 from digit_recognizer.models import build_network
@@ -72,6 +72,21 @@ def test_tta_shifts_only_the_images_the_network_is_unsure_of(digits):
     assert sum(seen) == len(images) + 4 * unsure.sum()  # the image once, four shifted copies of the unsure ones
     with pytest.raises(ValueError, match="first of the shifts"):
         network_proba(network, images, tta=True, shifts=[(1, 0), (0, 0)])
+
+
+def test_both_scores_of_the_held_out_rows_come_from_one_pass(digits):
+    """A member's held-out rows are scored without and with TTA as network_proba scores them apart, but each image
+    is predicted once (then only the unsure ones' shifted copies), not twice."""
+    torch.manual_seed(0)
+    network = build_network("fast", TrainConfig(filters=(4, 8, 8), dense=16))
+    images = digits.images[:64]
+    seen = []
+    hook = network.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    plain, tta = network_proba_and_tta(network, images)
+    hook.remove()
+    np.testing.assert_allclose(plain, network_proba(network, images), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(tta, network_proba(network, images, tta=True), rtol=1e-5, atol=1e-7)
+    assert sum(seen) == len(images) + 4 * int((plain.max(1) < TTA_UNSURE).sum())
 
 
 def test_ensemble_averages_its_members(digits, tmp_path):

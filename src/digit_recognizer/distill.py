@@ -41,7 +41,7 @@ from . import train as training_loop  # by module: resolve_device and fit are lo
 from .config import DEFAULT_TEMPERATURE, METHODS, TrainConfig, check_method, method_config
 from .data import Digits, split_indices
 from .errors import UsageError
-from .evaluate import accuracy, confident_errors, log_loss, network_proba
+from .evaluate import accuracy, confident_errors, log_loss, network_proba, network_proba_and_tta
 from .execute import run_jobs
 from .jobs import Job, JobRecord, JobResult, member_name
 from .loading import load_model
@@ -154,10 +154,10 @@ def train_student(job: Job, digits: Digits, test: Digits, targets: np.ndarray, t
         training_loop.SoftTargets(targets, temperature))
     seconds = max(time.perf_counter() - started, history[-1]["elapsed"])  # also the epochs of an earlier process
     started = time.perf_counter()
-    proba = network_proba(network, digits.images[job.scored_rows], device=device)
+    scored = digits.images[job.scored_rows]
+    proba, proba_tta = network_proba_and_tta(network, scored, device) if job.heldout_tta else (
+        network_proba(network, scored, device=device), None)
     predict_seconds = time.perf_counter() - started
-    proba_tta = network_proba(network, digits.images[job.scored_rows], device=device, tta=True) \
-        if job.heldout_tta else None
     student = NetClassifier(job.method, cfg, device=device)
     student.network_, student.history_, student.classes_ = network.cpu(), history, np.arange(10)
     return JobResult(job, student, history, accuracy(proba, digits.labels[job.scored_rows]), proba, proba_tta, None,

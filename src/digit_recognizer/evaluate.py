@@ -30,7 +30,6 @@ def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return padded[:, :, p - dy:SIDE + p - dy, p - dx:SIDE + p - dx]
 
 
-@torch.inference_mode()
 def network_proba(
     network: nn.Module, images: np.ndarray, device: torch.device | str = "cpu", batch_size: int | None = None,
     tta: bool = False, shifts: Sequence[tuple[int, int]] | None = None, unsure_below: float | None = TTA_UNSURE,
@@ -43,10 +42,24 @@ def network_proba(
     their own. The default batch is 256 images on a CPU (activations stay in cache; 1,024 is a third slower) and
     4,096 on a GPU.
     """
+    shifts = (shifts or TTA_SHIFTS) if tta else TTA_SHIFTS[:1]
+    return _predict(network, images, device, batch_size, shifts, unsure_below)[1]
+
+
+def network_proba_and_tta(network: nn.Module, images: np.ndarray, device: torch.device | str = "cpu",
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`network_proba` without and with ``tta``, from one pass over the images (TTA's first copy is the
+    image itself, so predicting both apart would predict every image twice)."""
+    return _predict(network, images, device, None, TTA_SHIFTS, TTA_UNSURE)
+
+
+@torch.inference_mode()
+def _predict(network: nn.Module, images: np.ndarray, device: torch.device | str, batch_size: int | None,
+             shifts: Sequence[tuple[int, int]], unsure_below: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The images' own probabilities, and the same with the shifted copies averaged in where unsure."""
     network.eval()
     device = torch.device(device)
     batch_size = batch_size or (4096 if device.type == "cuda" else 256)
-    shifts = (shifts or TTA_SHIFTS) if tta else TTA_SHIFTS[:1]
     if shifts[0] != (0, 0):
         raise ValueError("the first of the shifts must be (0, 0), the image itself")
     dtype = autocast_dtype("auto", device)  # a GPU's half precision; float32 on a CPU
@@ -57,10 +70,12 @@ def network_proba(
         return torch.softmax(logits.float(), dim=1)
 
     pixels = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
-    out = np.zeros((len(images), N_CLASSES), dtype=np.float32)
+    plain = np.zeros((len(images), N_CLASSES), dtype=np.float32)
+    out = plain.copy() if len(shifts) > 1 else plain
     for start in range(0, len(pixels), batch_size):
         x = to_input(pixels[start:start + batch_size].to(device))
         own = proba(x)
+        plain[start:start + len(x)] = own.cpu().numpy()
         if len(shifts) > 1:
             unsure = torch.ones(len(x), dtype=torch.bool, device=device) if unsure_below is None else (
                 own.max(1).values < unsure_below)
@@ -68,8 +83,8 @@ def network_proba(
                 doubtful = x[unsure]
                 total = own[unsure] + sum(proba(shifted(doubtful, dy, dx)) for dy, dx in shifts[1:])
                 own[unsure] = total / len(shifts)
-        out[start:start + len(x)] = own.cpu().numpy()
-    return out
+            out[start:start + len(x)] = own.cpu().numpy()
+    return plain, out
 
 
 def log_loss(proba: np.ndarray, labels: np.ndarray) -> float:

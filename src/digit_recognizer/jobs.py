@@ -158,7 +158,7 @@ def train_job(job: Job, digits: Digits, test: Digits | None = None, device: str 
               checkpoint: object | None = None) -> JobResult:
     """Train one job and score it on its held-out rows. Writes nothing; the caller decides where results go."""
     # Imported here, not at module level: the records above are read by commands that never train (start-up time).
-    from .evaluate import accuracy, network_proba
+    from .evaluate import accuracy, network_proba_and_tta
     from .methods import NetClassifier, estimator_proba, make_estimator
 
     train = Digits(digits.images[job.train_rows], digits.labels[job.train_rows])
@@ -180,13 +180,14 @@ def train_job(job: Job, digits: Digits, test: Digits | None = None, device: str 
     seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    proba = estimator_proba(estimator, scored.images)
+    proba_tta = history = None
+    if job.heldout_tta and isinstance(estimator, NetClassifier):
+        proba, proba_tta = network_proba_and_tta(estimator.network_, scored.images, device=device)
+    else:
+        proba = estimator_proba(estimator, scored.images)
     predict_seconds = time.perf_counter() - started
     test_proba = estimator_proba(estimator, test.images) if job.predict_test and test is not None else None
-    proba_tta = history = None
     if isinstance(estimator, NetClassifier):
-        if job.heldout_tta:
-            proba_tta = network_proba(estimator.network_, scored.images, device=device, tta=True)
         history = estimator.history_
         # Every epoch counts, also those an interrupted process trained before this one resumed the job.
         seconds = max(seconds, history[-1]["elapsed"])
