@@ -65,7 +65,7 @@ class TrainConfig:
     min_lr: float = 1e-5
     # Arithmetic (hardware.autocast_dtype): "auto" is half precision on a GPU (bfloat16 where the card has it,
     # else float16 with a loss scale) and float32 on a CPU; "native" also picks bfloat16 on a CPU that computes it
-    # natively (AVX512-BF16 or AMX); "bf16", "fp32" force.
+    # natively (AVX512-BF16 or AMX); "bf16", "fp32" force. The network predicts in the same arithmetic.
     precision: str = "auto"
     # Initialisation: "dirac" starts every convolution with as many channels out as in (the second of each pair)
     # as the identity, so that each pair starts as one convolution.

@@ -155,8 +155,8 @@ def train_student(job: Job, digits: Digits, test: Digits, targets: np.ndarray, t
     seconds = max(time.perf_counter() - started, history[-1]["elapsed"])  # also the epochs of an earlier process
     started = time.perf_counter()
     scored = digits.images[job.scored_rows]
-    proba, proba_tta = network_proba_and_tta(network, scored, device) if job.heldout_tta else (
-        network_proba(network, scored, device=device), None)
+    proba, proba_tta = network_proba_and_tta(network, scored, device, cfg.precision) if job.heldout_tta else (
+        network_proba(network, scored, device=device, precision=cfg.precision), None)
     predict_seconds = time.perf_counter() - started
     student = NetClassifier(job.method, cfg, device=device)
     student.network_, student.history_, student.classes_ = network.cpu(), history, np.arange(10)

@@ -182,7 +182,7 @@ def train_job(job: Job, digits: Digits, test: Digits | None = None, device: str 
     started = time.perf_counter()
     proba_tta = history = None
     if job.heldout_tta and isinstance(estimator, NetClassifier):
-        proba, proba_tta = network_proba_and_tta(estimator.network_, scored.images, device=device)
+        proba, proba_tta = network_proba_and_tta(estimator.network_, scored.images, device, job.config.precision)
     else:
         proba = estimator_proba(estimator, scored.images)
     predict_seconds = time.perf_counter() - started

@@ -74,7 +74,8 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "network_")
         device = next(self.network_.parameters()).device
-        return network_proba(self.network_, _images(X, "X"), device=device, tta=self.tta)
+        precision = (self.config or method_config(self.method)).precision  # the arithmetic it trained in
+        return network_proba(self.network_, _images(X, "X"), device=device, tta=self.tta, precision=precision)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.predict_proba(X).argmax(1)

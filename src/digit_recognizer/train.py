@@ -432,7 +432,7 @@ def fit(
     for epoch in epochs:
         started = time.perf_counter()
         row = {"epoch": epoch, **train_epoch(training, cfg, pixels, targets, epoch, label, bars, temperature)}
-        proba = network_proba(training.network, val.images, device=device)
+        proba = network_proba(training.network, val.images, device=device, precision=cfg.precision)
         row.update(val_loss=log_loss(proba, val.labels), val_accuracy=float(np.mean(proba.argmax(1) == val.labels)),
                    lr=training.optimizer.param_groups[0]["lr"])
         elapsed += time.perf_counter() - started
