@@ -19,13 +19,10 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from recipes import git_state
-from seed_recipe import machine
+from recipes import append_result
 
-import digit_recognizer
 from digit_recognizer.rundir import METRICS_FILE
 
 
@@ -74,12 +71,7 @@ def main() -> None:
     }
     print(f"student: {seconds:.0f} s, {metrics['errors']} errors out of fold, {metrics['errors_tta']} with TTA",
           flush=True)
-    line.update(load_end=list(os.getloadavg()), machine=machine(), version=digit_recognizer.__version__,
-                git=git_state(), time=datetime.now(UTC).isoformat(timespec="seconds"))
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    with args.results.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(line) + "\n")
-    print(json.dumps(line, indent=1))
+    append_result(args.results, line)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,11 @@ natively (AVX512-BF16 or AMX); elsewhere PyTorch emulates it, slowly. Nothing is
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from seed_recipe import machine
+from recipes import append_result
 
 from digit_recognizer.audit import read_run
 from digit_recognizer.data import find_csv, read_test, read_train
@@ -60,11 +57,8 @@ def main() -> None:
     print(f"test images whose label changes: {changed} of {len(test.images):,}; bfloat16 "
           f"{figures['fp32']['seconds'] / figures['bf16']['seconds']:.2f}x as fast")
     if args.results:
-        line = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "run": args.run.name,
-                "networks": len(networks), "machine": machine(), "cpu_has_bf16": cpu_has_bf16(), **figures,
-                "test_labels_changed": changed, "load_end": list(os.getloadavg())}
-        with args.results.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line) + "\n")
+        append_result(args.results, {"benchmark": "predict_precision", "run": args.run.name, "networks": len(networks),
+                                     "cpu_has_bf16": cpu_has_bf16(), **figures, "test_labels_changed": changed})
 
 
 if __name__ == "__main__":

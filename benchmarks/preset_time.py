@@ -24,13 +24,10 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from recipes import git_state, load_recipe
-from seed_recipe import machine
+from recipes import append_result, load_recipe
 
-import digit_recognizer
 from digit_recognizer.rundir import METRICS_FILE
 
 
@@ -72,14 +69,9 @@ def main() -> None:
     line = {
         "benchmark": "preset_time", "before": str(args.before), "seconds": seconds, "median_seconds": medians,
         "ratio": round(medians["now"] / medians["before"], 3), "val_accuracy": accuracy,
-        "load_start": list(load_start), "load_end": list(os.getloadavg()), "machine": machine(),
-        "version": digit_recognizer.__version__, "git": git_state(),
-        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_start": list(load_start),
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    with args.results.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(line) + "\n")
-    print(json.dumps(line, indent=1))
+    append_result(args.results, line)
 
 
 if __name__ == "__main__":

@@ -192,6 +192,17 @@ def git_state() -> dict:
         return {"commit": None, "dirty": None}
 
 
+def append_result(path: Path, line: dict) -> None:
+    """Append ``line`` to the JSON-lines file ``path`` and print it, stamped with the load average at its end
+    (a timing wants nothing else running), the machine, the package's version and commit, and the time."""
+    line.update(load_end=list(os.getloadavg()), machine=machine(), version=digit_recognizer.__version__,
+                git=git_state(), time=datetime.now(UTC).isoformat(timespec="seconds"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line) + "\n")
+    print(json.dumps(line, indent=1))
+
+
 def measure(recipe: Recipe, seed: int, train: Digits, args: argparse.Namespace, data: str) -> dict:
     """Train (or read) one recipe x seed and return its results line."""
     # The folds are StratifiedKFold(K, shuffle=True, random_state=cfg.seed) of the labels (jobs.ensemble_jobs ->
