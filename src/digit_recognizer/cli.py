@@ -122,7 +122,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                         help="seed: the seed kernel's CNN and recipe (= --model cnn); fast: a small CNN that "
                              "reaches the same accuracy in a fraction of the time (= --model fast); ensemble: "
                              "8 wide networks x 5 folds, out-of-fold scored, its submission "
-                             "with TTA (about 55 minutes on 2 CPU cores with AMX)")
+                             "with TTA (about an hour on 2 CPU cores with AMX)")
     parser.add_argument("--members", type=int,
                         help="train an ensemble of N networks that differ by seed and average them (default: 1)")
     parser.add_argument("--folds", type=int,

@@ -310,7 +310,7 @@ class Preset:
 # `--preset fast`: one fast network, its submission with TTA (the shifted copies of the 1-3 % of test digits it is
 # unsure of cost under a second and save about ten errors out of fold: docs/results.md).
 # `--preset ensemble`: 8 wide networks x 5 folds, scored out of fold on every training row, its submission the
-# average of all 40 with TTA: 153 errors out of fold (148 with TTA) in 55 minutes on 2 CPU cores with AMX, where 8
+# average of all 40 with TTA: 153 errors out of fold (148 with TTA) in 55-68 minutes on 2 CPU cores with AMX, where 8
 # fast networks made 165 (162) in 25 (docs/results.md). Width is what bought it: one wide network makes fewer errors
 # than the 8 fast ones together, while more members of one kind saturate and members that differ by recipe share as
 # many mistakes as members that differ by seed. The same on a GPU: the seed network costs 7.7x the fast one's
