@@ -58,7 +58,7 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
             checkpoint: object | None = None) -> NetClassifier:
-        cfg = self.config or method_config(self.method)
+        cfg = self._config()
         cfg.validate()
         X, y = _images(X, "X", min_rows=N_CLASSES), _digits(y, len(X), "y")
         if X_val is None:
@@ -74,11 +74,15 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "network_")
         device = next(self.network_.parameters()).device
-        precision = (self.config or method_config(self.method)).precision  # the arithmetic it trained in
-        return network_proba(self.network_, _images(X, "X"), device=device, tta=self.tta, precision=precision)
+        return network_proba(self.network_, _images(X, "X"), device=device, tta=self.tta,
+                             precision=self._config().precision)  # the arithmetic it trained in
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.predict_proba(X).argmax(1)
+
+    def _config(self) -> TrainConfig:
+        """The settings it trains (and trained) with: its own, or its method's recipe."""
+        return self.config or method_config(self.method)
 
 
 def _images(X: object, name: str, min_rows: int = 1) -> np.ndarray:
