@@ -16,8 +16,10 @@ import digit_recognizer.train as train_module
 from digit_recognizer.cli import main
 from digit_recognizer.config import TrainConfig
 from digit_recognizer.data import Digits
-from digit_recognizer.evaluate import network_proba
+from digit_recognizer.distill import train_student
+from digit_recognizer.evaluate import network_proba, network_proba_and_tta
 from digit_recognizer.export import export_onnx
+from digit_recognizer.jobs import Job, train_job
 from digit_recognizer.methods import NetClassifier
 from digit_recognizer.models import build_network
 from digit_recognizer.predict import OnnxPredictor, TorchPredictor
@@ -115,6 +117,29 @@ def test_a_network_predicts_in_the_arithmetic_it_trained_in(digits, monkeypatch)
     np.testing.assert_allclose(model.predict_proba(val.images), half, rtol=0, atol=1e-7)
     model.config = tiny(precision="fp32")
     np.testing.assert_allclose(model.predict_proba(val.images), exact, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("kind", ["member", "student"])
+def test_held_out_rows_are_scored_in_the_arithmetic_the_network_trained_in(kind, native, digits, monkeypatch):
+    """An ensemble member's and a distilled student's held-out rows (their out-of-fold score, with and without TTA)
+    are predicted as the served network predicts: in bfloat16 where a "native" network trained in it, else float32."""
+    train, val = digits
+    both = Digits(np.concatenate([train.images, val.images]), np.concatenate([train.labels, val.labels]))
+    job = Job("member0-fold0", "fast", tiny(precision="native"), np.arange(len(train.labels)),
+              np.arange(len(train.labels), len(both.labels)), heldout_tta=True)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: native)
+    if kind == "member":
+        result = train_job(job, both)
+    else:
+        targets = np.full((len(train.labels) + len(val.labels), 10), 0.1, dtype=np.float32)
+        result = train_student(job, both, val, targets, temperature=1.0)
+    network = result.estimator.network_
+    expected = network_proba_and_tta(network, val.images, "cpu", "bf16" if native else "fp32")
+    other = network_proba_and_tta(network, val.images, "cpu", "fp32" if native else "bf16")
+    assert not np.allclose(expected[0], other[0], rtol=0, atol=1e-5)  # the two arithmetics tell apart
+    np.testing.assert_allclose(result.proba, expected[0], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(result.proba_tta, expected[1], rtol=0, atol=1e-7)
 
 
 def test_dirac_init_starts_each_pair_as_one_convolution():
