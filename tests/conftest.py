@@ -146,6 +146,14 @@ def _kind_compare(run: Path) -> None:
     (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()), "kind": "compare"}))
 
 
+def _weights(path: Path, change) -> None:
+    """The weight matrices and filters (not the BatchNorm statistics) of a network's file, changed by ``change``."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(path)
+    save_file({name: change(t) if t.ndim >= 2 else t for name, t in state.items()}, path)
+
+
 DAMAGED_RUNS = {
     "no run.json": ("run.json", "not found", lambda run: (run / "run.json").unlink()),
     "unfinished": ("", "unfinished", lambda run: (run / "jobs/member0-fold1/job.json").unlink()),
@@ -154,6 +162,10 @@ DAMAGED_RUNS = {
                         lambda run: _garbage(run / "jobs/member0-fold1/heldout.npz")),
     "weights garbage": ("jobs/member0-fold1/model.safetensors", "not a readable safetensors",
                         lambda run: _garbage(run / "jobs/member0-fold1/model.safetensors")),
+    "weights not numbers": ("jobs/member0-fold1/model.safetensors", "not finite", lambda run: _weights(
+        run / "jobs/member0-fold1/model.safetensors", lambda t: t.fill_(float("nan")))),
+    "weights that overflow": ("jobs/member0-fold1", "not finite", lambda run: _weights(
+        run / "jobs/member0-fold1/model.safetensors", lambda t: t * 1e30)),
     "config garbage": ("jobs/member0-fold1/config.json", "not valid JSON",
                        lambda run: (run / "jobs/member0-fold1/config.json").write_text("{")),
 }

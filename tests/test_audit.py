@@ -180,6 +180,10 @@ def _scale_tta(path: Path) -> None:
         np.savez(handle, **arrays)
 
 
+def _edit(path: Path, **changes: object) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
 MANGLED = {  # the audit reads the held-out probabilities, not the networks
     **{case: DAMAGED_RUNS[case] for case in ("no run.json", "unfinished", "a comparison", "heldout garbage")},
     "heldout of other rows": ("jobs/member0-fold0/heldout.npz", "'scored_rows' are not the rows",
@@ -188,6 +192,15 @@ MANGLED = {  # the audit reads the held-out probabilities, not the networks
     "probabilities that do not sum to 1": ("jobs/member0-fold0/heldout.npz", "sum to 1",
                                            lambda run: _scale_tta(run / "jobs/member0-fold0/heldout.npz")),
     "damaged metrics": ("metrics.json", "not valid JSON", lambda run: (run / "metrics.json").write_text("{")),
+    **{f"metrics with {key} {value!r}": ("metrics.json", f"'{key}' must be", lambda run, key=key, value=value: _edit(
+        run / "metrics.json", **{key: value})) for key, value in (
+        ("rows_scored", "abc"), ("per_class", [5]), ("per_class", [{"digit": 1}]), ("table", "xy"),
+        ("execution", "x"), ("execution", {"jobs": [1]}), ("pseudo_labels", {"folds": [{"teachers": 5}]}))},
+    "settings not a table": ("run.json", "'train' must be", lambda run: _edit(run / "run.json", train="x")),
+    "a file of the user's in the way": ("label_issues.csv", "not a file this run wrote",
+                                        lambda run: (run / "label_issues.csv").write_text("row\n7\n")),
+    "a folder of the user's in the way": ("label_issues.png", "not a file this run wrote",
+                                          lambda run: (run / "label_issues.png").mkdir()),
     "excluded rows out of range": ("run.json", "out of range", lambda run: (run / "run.json").write_text(json.dumps(
         {**json.loads((run / "run.json").read_text()), "exclude_rows": [5, 10**6]}))),
 }
@@ -341,6 +354,23 @@ def test_an_exclusion_that_leaves_a_digit_untrained_is_refused(small_data_dir, t
 
 
 # --- the audit's files are the run's ---------------------------------------------------------------------------
+
+@needs_cleanlab
+def test_overwrite_never_removes_the_commands_own_input(kfold_run, planted, tmp_path, capsys, monkeypatch):
+    """The audit's list, pruned in place and given back to --exclude-rows of the run it belongs to, is an input
+    that --overwrite would remove before training: refused, and nothing removed."""
+    run = copy_run(kfold_run, tmp_path)
+    assert audit(run, planted.data_dir) == 0
+    capsys.readouterr()
+    listed = run / "label_issues.csv"
+    listed.write_text("row\n3\n")  # pruned by hand
+    before = snapshot(run)
+    monkeypatch.setattr(execute_module, "train_job", lambda *a, **k: pytest.fail("trained"))
+    assert main(["run", "--data-dir", str(planted.data_dir), "--out", str(run), *SMALL_FLAGS, "--overwrite",
+                 "--exclude-rows", str(listed)]) == 2
+    one_error_line(capsys, str(listed), "--overwrite removes", "copy it out")
+    assert snapshot(run) == before
+
 
 @needs_cleanlab
 def test_overwrite_removes_the_audits_files(kfold_run, planted, tmp_path):

@@ -226,7 +226,7 @@ def test_other_training_data_is_refused(teacher, small_data_dir, tmp_path, capsy
     assert not out.exists()
 
 
-@pytest.mark.parametrize("temperature", ["0", "-1", "nan", "inf"])
+@pytest.mark.parametrize("temperature", ["0", "-1", "nan", "inf", "1e308", "1e-300", "0.09", "101"])
 def test_a_bad_temperature_is_refused(temperature, teacher, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["distill", "--teacher", str(teacher), "--out", str(out), "--temperature", temperature,

@@ -12,7 +12,7 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
-from conftest import one_error_line
+from conftest import _weights, one_error_line
 
 import digit_recognizer.rundir as rundir_module
 from digit_recognizer.cli import main
@@ -202,6 +202,22 @@ def test_predict_refuses_a_device_it_cannot_use(device, finished, small_data_dir
     assert main(["predict", "--model", str(finished), "--test", str(small_data_dir / "test.csv"), "--out", str(out),
                  "--device", device]) == 2
     one_error_line(capsys, "device")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("change, fault", [(lambda t: t.fill_(float("nan")), "weight"),
+                                           (lambda t: t * 1e30, "predicts")])
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_a_network_that_computes_no_numbers_is_refused(command, change, fault, finished, small_data_dir, tmp_path,
+                                                       capsys):
+    """Weights that are not numbers, or that overflow, would make every label 0 (the argmax of NaN): refused
+    with one line naming the network, and nothing written."""
+    _weights(finished / "model.safetensors", change)
+    out = tmp_path / ("sub.csv" if command == "predict" else "model.onnx")
+    args = (["predict", "--model", str(finished), "--test", str(small_data_dir / "test.csv"), "--out", str(out)]
+            if command == "predict" else ["export", "--model", str(finished), "--onnx", str(out)])
+    assert main(args) == 2
+    one_error_line(capsys, str(finished), "not finite", fault)
     assert not out.exists()
 
 

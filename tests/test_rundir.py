@@ -113,6 +113,21 @@ def test_overwrite_removes_only_what_the_run_recorded(small_data_dir, tmp_path):
     assert json.loads((out / "run.json").read_text())["kind"] == "single"
 
 
+def test_a_file_the_run_did_not_write_is_never_replaced(tmp_path):
+    """The last guard of every write: a file in the way that run.json does not list as the run's (put there while
+    the run trained, say) is refused by name and left as it was; the run's own files are replaced."""
+    run_dir = rundir_module.RunDir(tmp_path / "out")
+    run_dir.start(rundir_module.manifest("single", []))
+    run_dir.write_text("mine", "notes.txt")
+    run_dir.write_text("again", "notes.txt")  # its own: replaced
+    (run_dir.path / "report.html").write_text("the user's")
+    with pytest.raises(rundir_module.RunDirError, match=r"report\.html: not a file this run wrote"):
+        run_dir.write_report("<html>")
+    assert (run_dir.path / "report.html").read_text() == "the user's"
+    assert (run_dir.path / "notes.txt").read_text() == "again"
+    assert "report.html" not in run_dir.read_manifest()["files"]
+
+
 def test_a_run_json_naming_files_outside_the_folder_is_refused(small_data_dir, tmp_path, capsys):
     """run.json is read back as input: a list of files that leaves the directory is refused, and --overwrite
     deletes nothing outside it."""

@@ -36,6 +36,7 @@ from .rundir import (
     LABEL_ISSUES_FIGURE,
     LABEL_ISSUES_TABLE,
     MANIFEST_FILE,
+    REPORT_FILE,
     RunDir,
     TrainedRun,
     read_trained_records,
@@ -138,6 +139,7 @@ def audit(path: str | Path, digits: Digits, source: str = "the training data") -
     run = read_run(path)
     run_dir = RunDir(run.path)
     run_dir.check_writable()
+    run_dir.check_own(LABEL_ISSUES_TABLE, LABEL_ISSUES_FIGURE, REPORT_FILE)
     issues = find_label_issues(digits.labels, out_of_fold_proba(run, digits, source))
     render_report(run_dir)  # reads the run's other files: a damaged one is named before anything is written
     run_dir.write_table(issues.frame(), LABEL_ISSUES_TABLE)

@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
                    help="softens the teachers' probabilities (p^(1/T), renormalised) and divides the student's "
                         f"logits in the loss (default: {DEFAULT_TEMPERATURE:g}, the probabilities as they are; "
-                        "above 1 lifts the small ones)")
+                        "above 1 lifts the small ones; from 0.1 to 100)")
     p.add_argument("--no-score", dest="score", action="store_false",
                    help="train only the served student, not the scoring students (one per fold of the teacher) "
                         "whose accuracy on rows none of them nor their teachers trained on is the honest score")
@@ -394,6 +394,16 @@ def _executor(args: argparse.Namespace, device: str):
         raise UsageError(str(err)) from None
 
 
+def _out_dir(args: argparse.Namespace) -> RunDir:
+    """The run directory of --out, checked before any work: writable, and with --overwrite holding none of the
+    command's input files (clearing the run there would remove them)."""
+    run_dir = RunDir(args.out)
+    run_dir.check_writable()
+    if getattr(args, "overwrite", False):
+        run_dir.check_kept(getattr(args, name, None) for name in ("config", "exclude_rows", "train", "test", "space"))
+    return run_dir
+
+
 def _training_command(args: argparse.Namespace) -> tuple[TrainConfig, RunDir]:
     """Everything a training command checks before reading data: settings, output directory."""
     apply_preset(args)
@@ -403,9 +413,7 @@ def _training_command(args: argparse.Namespace) -> tuple[TrainConfig, RunDir]:
 
         if tensorboard_missing():
             raise UsageError(tensorboard_missing())
-    run_dir = RunDir(args.out)
-    run_dir.check_writable()
-    return cfg, run_dir
+    return cfg, _out_dir(args)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -496,7 +504,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
         raise UsageError(f"--temperature: {err}") from None
     cfg = config_from_args(args)
     read_trained_run(args.teacher, TEACHER_USE)  # a folder that is not a run is named before the data is read
-    RunDir(args.out).check_writable()
+    _out_dir(args)
     train, test, source = load_data(args.data_dir, test="required")
     _say(args.quiet, f"{PROG}: {len(train):,} training and {len(test):,} test images from {source}")
     data = "the embedded digits" if args.data_dir is None else str(find_csv(args.data_dir, "train"))
@@ -534,22 +542,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
     _check_output_file(args.out, lambda: [args.test, args.onnx] if args.onnx is not None else
                        [args.test, *model_files(args.model)])
     test = read_test(args.test)
-    if args.onnx is not None:
-        from .predict import OnnxPredictor
+    from .predict import OnnxPredictor, TorchPredictor
 
-        try:
-            proba = OnnxPredictor(args.onnx)(test.images)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-    else:
-        from .loading import load_model
-        from .methods import estimator_proba
-
-        try:
-            model = load_model(args.model, device=args.device, tta=args.tta)
-        except (ValueError, RuntimeError) as err:
-            raise UsageError(str(err)) from None
-        proba = estimator_proba(model, test.images)
+    try:
+        predictor = (OnnxPredictor(args.onnx) if args.onnx is not None else
+                     TorchPredictor(args.model, device=args.device, tta=args.tta))
+        proba = predictor(test.images)
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(str(err)) from None
     write_submission(proba.argmax(1), args.out)
     where = "standard output" if str(args.out) == STDOUT else args.out
     print(f"{PROG}: wrote {len(test):,} predictions to {where}", file=sys.stderr)
@@ -563,7 +563,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         check_comparison(models, args.folds, args.val_fraction, args.seed)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    RunDir(args.out).check_writable()
+    _out_dir(args)
     train, test, _ = load_data(args.data_dir, test="optional")
     executor = _executor(args, "auto")
     with _closing(executor):
@@ -606,7 +606,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
         space = make_space(args.model, cfg, args.space, fixed)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    RunDir(args.out).check_writable()
+    _out_dir(args)
     train, _, _ = load_data(args.data_dir, test="none")
     check_split(train.labels, args.folds, cfg.val_fraction)
     executor = _executor(args, cfg.device)
@@ -657,7 +657,7 @@ def cmd_sample_data(args: argparse.Namespace) -> None:
                 or (args.out / name).is_symlink()]
     if existing:
         raise UsageError(f"{existing[0]}: already exists; sample-data never replaces a file: choose another --out")
-    RunDir(args.out).check_writable()
+    _out_dir(args)
     train, test = load_embedded()
     write_csv(train, args.out / "train.csv")
     write_csv(test, args.out / "test.csv")
@@ -669,7 +669,7 @@ def cmd_kaggle(args: argparse.Namespace) -> None:
     from . import kaggle
 
     if args.kaggle_command == "download":
-        RunDir(args.out).check_writable()
+        _out_dir(args)
         got = kaggle.download(args.out)  # checks the data before any file in --out is replaced
         print(f"{PROG}: wrote {', '.join(path.name for path in got.files)} to {args.out} ({got.train_images:,} "
               f"training and {got.test_images:,} test images); train on them with: {PROG} run --data-dir {args.out}",

@@ -15,7 +15,8 @@ from .methods import EnsembleModel, NetClassifier
 def export_onnx(run_dir: str | Path, path: str | Path) -> None:
     """Write the network of a run directory as ONNX (input ``pixels``: float (n, 1, 28, 28) in [0, 1]).
 
-    Only a single network exports; an ensemble or a scikit-learn model raises ValueError saying so.
+    Only a single network exports; an ensemble, a scikit-learn model or a network whose scores are not finite
+    numbers (damaged weights) raises ValueError saying so.
     """
     model = load_model(run_dir, device="cpu")
     if isinstance(model, EnsembleModel):
@@ -25,6 +26,9 @@ def export_onnx(run_dir: str | Path, path: str | Path) -> None:
         raise ValueError(f"{run_dir}: a scikit-learn model; export takes a single network (cnn, fast or mlp)")
     network = model.network_
     example = torch.rand(2, 1, SIDE, SIDE)
+    with torch.no_grad():
+        if not torch.isfinite(network(example)).all():  # finite weights that overflow: as damaged as NaN ones
+            raise ValueError(f"{run_dir}: the network predicts scores that are not finite numbers (damaged weights)")
     with output_path(path) as tmp:
         torch.onnx.export(
             network, (example,), str(tmp), input_names=["pixels"], output_names=["logits"],

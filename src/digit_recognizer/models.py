@@ -150,12 +150,17 @@ def save_weights(network: nn.Module, path: str | Path) -> None:
 def load_weights(network: nn.Module, path: str | Path) -> nn.Module:
     """Load safetensors weights into ``network`` (every tensor present, of the right shape); returns it in eval mode.
 
-    Raises ValueError naming the file and the fault: not safetensors, truncated, or for another network.
+    Raises ValueError naming the file and the fault: not safetensors, truncated, for another network, or with
+    weights that are not finite numbers (training stops when it diverges, so no saved network has any).
     """
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
+    damaged = next((name for name, tensor in state.items()
+                    if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
+    if damaged is not None:
+        raise ValueError(f"{path}: weight '{damaged}' holds values that are not finite numbers (a damaged file)")
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:

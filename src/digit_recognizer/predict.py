@@ -14,21 +14,27 @@ from .errors import first_line
 
 
 class TorchPredictor:
-    """Probabilities from a run directory (any method saved by the pipeline), on the CPU."""
+    """Probabilities from a run directory (any method saved by the pipeline)."""
 
     backend = "pytorch"
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, device: str = "cpu", tta: bool = False) -> None:
         # Imported here, not at module level, so that serving an ONNX file never loads torch.
         from .loading import load_model
         from .methods import estimator_proba
 
-        self.model = load_model(run_dir, device="cpu")
+        self.model = load_model(run_dir, device=device, tta=tta)
         self.proba = estimator_proba
         self.name = str(run_dir)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self.proba(self.model, images)
+        """Probabilities ``(n, 10)``; raises ValueError naming the run if any is not a finite number (weights that
+        overflow), so that no submission is made of them."""
+        proba = self.proba(self.model, images)
+        if not np.isfinite(proba).all():
+            raise ValueError(f"{self.name}: the model predicts probabilities that are not finite numbers "
+                             "(damaged weights)")
+        return proba
 
 
 class OnnxPredictor:

@@ -23,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -35,7 +36,7 @@ import numpy as np
 from . import __version__
 from .config import HISTORY_COLUMNS, TrainConfig, check_method, completed
 from .errors import DataError, InputError, RunDirError, first_line
-from .files import atomic_path, check_writable, read_bounded, temporaries_of, write_json
+from .files import atomic_path, check_writable, read_bounded, same_file, temporaries_of, write_json
 from .jobs import JobRecord, JobSummary, plan_jobs
 from .submission import write_submission
 
@@ -180,10 +181,38 @@ class RunDir:
             if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
                 folder.rmdir()
 
-    def record(self, *paths: Path) -> None:
-        """Add ``paths`` to run.json's list of the run's files, before they are written."""
+    def check_own(self, *names: str) -> None:
+        """Refuse (RunDirError), before any work, a file of one of ``names`` that the run did not write: another's
+        file in the way, which the run would replace."""
+        self._check_own(self.read_manifest()[FILES], names)
+
+    def _check_own(self, files: list[str], names: Iterable[str]) -> None:
+        for name in names:
+            if exists(self.path / name) and name not in files:
+                raise RunDirError(f"{self.path / name}: not a file this run wrote, so it is not replaced; move it "
+                                  "out of the run directory first")
+            if name in files and (self.path / name).is_dir() and not (self.path / name).is_symlink():
+                raise RunDirError(f"{self.path / name}: a folder where the run keeps a file; move it away first")
+
+    def check_kept(self, inputs: Iterable[Path | None]) -> None:
+        """Refuse (RunDirError), before any work, an input of a command that is one of the files of the run here,
+        which ``--overwrite`` removes first (a label audit's list given back to ``--exclude-rows``, say)."""
+        if not exists(self.path / MANIFEST_FILE):
+            return
+        own = [self.path / entry for entry in self.read_manifest()[FILES]]
+        for source in inputs:
+            if source is not None and any(same_file(source, path) for path in own):
+                raise RunDirError(f"{source}: a file of the run in {self.path}, which --overwrite removes before "
+                                  "training; copy it out of the run directory first, or choose another --out")
+
+    def record(self, *paths: Path, written: bool = False) -> None:
+        """Add ``paths`` to run.json's list of the run's files, before they are written (or, for files whose names
+        are known only once ``written``, TensorBoard's, just after). Refuses (RunDirError) a path that is there
+        already but is not the run's: nothing of another's is ever replaced."""
         what = self.read_manifest()
         new = [rel for path in paths if (rel := path.relative_to(self.path).as_posix()) not in what[FILES]]
+        if not written:
+            self._check_own(what[FILES], new)
         if new:
             write_json({**what, FILES: [*what[FILES], *dict.fromkeys(new)]}, self.path / MANIFEST_FILE)
 
@@ -304,7 +333,8 @@ class RunDir:
     # --- reading -------------------------------------------------------------------------------------------
 
     def read_metrics(self) -> dict:
-        return self._read_json(self.path / METRICS_FILE)
+        """``metrics.json``, with the values laid out as counts and tables (the report's) checked."""
+        return _check_metrics(self._read_json(self.path / METRICS_FILE), self.path / METRICS_FILE)
 
     def read_figure(self, name: str) -> bytes | None:
         """A figure's PNG bytes, or None where the run has no such figure (a link is never followed)."""
@@ -336,6 +366,8 @@ class RunDir:
         jobs = what.get("jobs")
         if not isinstance(jobs, list) or not all(isinstance(n, str) and _JOB_NAME.fullmatch(n) for n in jobs):
             raise RunDirError(f"{where}: 'jobs' must be a list of job names (letters, digits, '-' and '_')")
+        if not isinstance(what.get("train", {}), dict):
+            raise RunDirError(f"{where}: 'train' must be a table of settings")
         files = what.get(FILES)
         if not isinstance(files, list) or not all(_inside_name(entry) for entry in files):
             raise RunDirError(f"{where}: '{FILES}' must list the run's files by relative paths inside the directory "
@@ -540,6 +572,37 @@ def read_trained_records(run: TrainedRun, digits: Digits, source: str = "the tra
 
 def _whole(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_metrics(metrics: dict, where: Path) -> dict:
+    """``metrics`` as read from ``where``, refused (RunDirError) where a value laid out as a count or a table is not
+    of its kind; each may be absent."""
+    def rows(value: object, *lists: str) -> bool:  # a list of tables, whose ``lists`` entries are lists if there
+        return isinstance(value, list) and all(
+            isinstance(row, dict) and all(isinstance(row.get(key, []), list) for key in lists) for row in value)
+
+    faults = {key: "a whole number >= 0" for key in ("rows_scored", "n_val") if not _whole(metrics.get(key, 0))}
+    per_class = metrics.get("per_class", [])
+    if not rows(per_class) or not all(all(_whole(row.get(key)) for key in ("digit", "images", "correct"))
+                                      and (row.get("accuracy") is None or _finite(row["accuracy"]))
+                                      for row in per_class):
+        faults["per_class"] = "a list of rows of a digit, its images, correct predictions and accuracy"
+    if not rows(metrics.get("table", [])):
+        faults["table"] = "a list of rows"
+    execution = metrics.get("execution", {})
+    if not isinstance(execution, dict) or not rows(execution.get("jobs", [])):
+        faults["execution"] = "a table whose 'jobs' are a list of rows"
+    pseudo = metrics.get("pseudo_labels", {})
+    if pseudo is not None and (not isinstance(pseudo, dict) or not rows(pseudo.get("folds", []), "teachers")):
+        faults["pseudo_labels"] = "a table whose 'folds' are a list of rows, each with a list of teachers"
+    if faults:
+        key, kind = next(iter(faults.items()))
+        raise RunDirError(f"{where}: '{key}' must be {kind}")
+    return metrics
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def exists(path: Path) -> bool:

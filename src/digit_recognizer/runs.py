@@ -36,7 +36,7 @@ import pandas as pd
 from . import tensorboard as events
 from .config import METHOD_NAMES, METHODS, TrainConfig, check_method, choose, method_config
 from .data import Digits
-from .errors import UsageError
+from .errors import RunDirError, UsageError
 from .evaluate import accuracy, confident_errors, log_loss, shared_errors
 from .execute import Executor, InProcess, run_jobs
 from .jobs import Job, JobRecord, compare_jobs, excluded_rows, plan_jobs, with_pseudo_labels
@@ -213,7 +213,12 @@ def network_probabilities(run: TrainedRun, jobs: list[Job], *images: np.ndarray,
     run_dir = RunDir(run.path)
     models: dict[str, BaseEstimator] = {job.name: load_model(run_dir.job_dir(job.name), device=device)
                                         for job in jobs}
-    return [{name: estimator_proba(model, x) for name, model in models.items()} for x in images]
+    found = [{name: estimator_proba(model, x) for name, model in models.items()} for x in images]
+    for name in models:  # finite weights can still overflow: such a network is as damaged as its files
+        if not all(np.isfinite(proba[name]).all() for proba in found):
+            raise RunDirError(f"{run_dir.job_dir(name)}: the network predicts probabilities that are not finite "
+                              "numbers (damaged weights)")
+    return found
 
 
 def _pseudo_manifest(teacher: TrainedRun, pseudo: PseudoLabelSource, test: Digits) -> dict:

@@ -102,4 +102,4 @@ def write_run_events(run_dir: RunDir, metrics: dict) -> None:
 def _write(run_dir: RunDir, name: str, suffix: str, **what: object) -> None:
     folder = run_dir.events_dir(name)
     write_events(folder, suffix, **what)
-    run_dir.record(*folder.glob(f"events.out.tfevents.*{suffix}"))
+    run_dir.record(*folder.glob(f"events.out.tfevents.*{suffix}"), written=True)

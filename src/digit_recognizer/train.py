@@ -83,11 +83,16 @@ class SoftTargets:
             raise ValueError(f"soft targets must be finite rows of 10 probabilities, got shape {self.proba.shape}")
 
 
+TEMPERATURES = (0.1, 100.0)  # Hinton et al. used 1 to 20; far outside, the scaled loss overflows or vanishes
+
+
 def check_temperature(temperature: float) -> None:
-    """Refuse (ValueError) a temperature that cannot soften: it must be a finite number above 0."""
+    """Refuse (ValueError) a temperature outside :data:`TEMPERATURES`, or that is not a number."""
+    low, high = TEMPERATURES
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not math.isfinite(temperature) \
-            or temperature <= 0:
-        raise ValueError(f"temperature must be a finite number above 0, got {temperature!r}")
+            or not low <= temperature <= high:
+        raise ValueError(f"temperature must be a number from {low:g} to {high:g} (above 0; 1 to 20 are usual), "
+                         f"got {temperature!r}")
 
 
 def soften(proba: np.ndarray, temperature: float) -> np.ndarray:
