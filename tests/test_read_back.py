@@ -207,15 +207,17 @@ def test_predict_refuses_a_device_it_cannot_use(device, finished, small_data_dir
 
 @pytest.mark.parametrize("change, fault", [(lambda t: t.fill_(float("nan")), "weight"),
                                            (lambda t: t * 1e30, "predicts")])
-@pytest.mark.parametrize("command", ["predict", "export"])
+@pytest.mark.parametrize("command", ["predict", "export", "serve"])
 def test_a_network_that_computes_no_numbers_is_refused(command, change, fault, finished, small_data_dir, tmp_path,
                                                        capsys):
-    """Weights that are not numbers, or that overflow, would make every label 0 (the argmax of NaN): refused
-    with one line naming the network, and nothing written."""
+    """Weights that are not numbers, or that overflow, would make every label 0 (the argmax of NaN) or fail every
+    request: refused with one line naming the network, and nothing written."""
     _weights(finished / "model.safetensors", change)
     out = tmp_path / ("sub.csv" if command == "predict" else "model.onnx")
-    args = (["predict", "--model", str(finished), "--test", str(small_data_dir / "test.csv"), "--out", str(out)]
-            if command == "predict" else ["export", "--model", str(finished), "--onnx", str(out)])
+    args = {"predict": ["predict", "--model", str(finished), "--test", str(small_data_dir / "test.csv"), "--out",
+                        str(out)],
+            "export": ["export", "--model", str(finished), "--onnx", str(out)],
+            "serve": ["serve", "--model", str(finished), "--port", "0"]}[command]  # refused before it listens
     assert main(args) == 2
     one_error_line(capsys, str(finished), "not finite", fault)
     assert not out.exists()

@@ -13,6 +13,18 @@ from .data import N_CLASSES, SIDE
 from .errors import first_line
 
 
+def _probes() -> np.ndarray:
+    """Three images a loaded model must answer: a blank one and two inked ones, as a model may fail only on ink."""
+    probes = np.zeros((3, SIDE, SIDE), dtype=np.uint8)
+    probes[1, 4:24, 12:16] = 255  # a bar
+    probes[2, 6:22, 6:22] = 255
+    probes[2, 10:18, 10:18] = 0  # a ring
+    return probes.reshape(3, -1)
+
+
+PROBES = _probes()
+
+
 class TorchPredictor:
     """Probabilities from a run directory (any method saved by the pipeline)."""
 
@@ -26,6 +38,7 @@ class TorchPredictor:
         self.model = load_model(run_dir, device=device, tta=tta)
         self.proba = estimator_proba
         self.name = str(run_dir)
+        self(PROBES)  # weights that overflow are named now, not at the first request
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Probabilities ``(n, 10)``; raises ValueError naming the run if any is not a finite number (weights that
@@ -67,13 +80,9 @@ class OnnxPredictor:
         self.name = str(path)
         # A model that ignores the batch size, or works only for one image, would otherwise load and then write a
         # submission of the wrong length or fail every request. Batches of 1 and 3, so that a fixed batch size is
-        # caught either way; a blank image and two inked ones, as a model may fail only on ink.
-        probes = np.zeros((3, SIDE, SIDE), dtype=np.uint8)
-        probes[1, 4:24, 12:16] = 255  # a bar
-        probes[2, 6:22, 6:22] = 255
-        probes[2, 10:18, 10:18] = 0  # a ring
-        for batch in (probes[:1], probes):
-            self(batch.reshape(len(batch), -1))
+        # caught either way.
+        for batch in (PROBES[:1], PROBES):
+            self(batch)
 
     def __call__(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Probabilities ``(n, 10)``; raises ValueError naming the model if it fails or answers anything but one
