@@ -230,6 +230,19 @@ STUDY_DAMAGE = {
     "a trial without settings": lambda path: _sql(path, "DELETE FROM trial_user_attributes WHERE key = 'config'"),
     "a trial with mangled settings": lambda path: _sql(
         path, "UPDATE trial_user_attributes SET value_json = '{\"epochs\": \"many\"}' WHERE key = 'config'"),
+    # Read back as they are, these wrote checkpoints outside the run directory and removed a folder there (a
+    # retried trial's folds named by a path), trained a trial on settings outside the space (a traceback), or
+    # reported the worst trial as the best (a study minimising).
+    "a retry that names a path": lambda path: _sql(
+        path, "INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (1, 'retry_of', "
+              "'\"/../../../elsewhere/x\"')"),
+    "a setting outside the space": lambda path: _sql(
+        path, "UPDATE trial_params SET param_value = 1e9 WHERE param_name = 'lr'"),
+    "a setting drawn from another range": lambda path: _sql(
+        path, "UPDATE trial_params SET distribution_json = '{\"name\": \"FloatDistribution\", \"attributes\": "
+              "{\"step\": null, \"low\": 0.0, \"high\": 1e10, \"log\": false}}' WHERE param_name = 'lr'"),
+    "a study that minimises": lambda path: _sql(path, "UPDATE study_directions SET direction = 'MINIMIZE'"),
+    "a study of another name": lambda path: _sql(path, "UPDATE studies SET study_name = 'other'"),
 }
 
 

@@ -113,6 +113,25 @@ def test_overwrite_removes_only_what_the_run_recorded(small_data_dir, tmp_path):
     assert json.loads((out / "run.json").read_text())["kind"] == "single"
 
 
+@pytest.mark.parametrize("mine", ["comparison.csv", "submissions/knn.csv", "best.toml"])
+def test_a_file_of_a_runs_name_that_the_run_did_not_write_is_refused_before_anything_is_removed(
+        mine, small_data_dir, tmp_path, capsys):
+    """A file of one of the names runs write, put into a finished run's folder by someone else, would be replaced
+    by a later run there (another kind after --overwrite, say): refused by name before anything is removed or
+    trained, with or without --overwrite."""
+    out = tmp_path / "out"
+    assert run(small_data_dir, out) == 0
+    capsys.readouterr()
+    (out / mine).parent.mkdir(exist_ok=True)
+    (out / mine).write_text("mine")
+    before = snapshot(out)
+    for extra in ([], ["--members", "2", "--overwrite"]):
+        assert run(small_data_dir, out, *extra) == 2
+        err = capsys.readouterr().err
+        assert mine.split("/")[0] in err and "not a file this run wrote" in err and err.count("\n") == 1, err
+        assert snapshot(out) == before
+
+
 def test_a_file_the_run_did_not_write_is_never_replaced(tmp_path):
     """The last guard of every write: a file in the way that run.json does not list as the run's (put there while
     the run trained, say) is refused by name and left as it was; the run's own files are replaced."""
@@ -197,6 +216,9 @@ def test_a_damaged_checkpoint_is_named(embedded, tmp_path, capsys, small_data_di
     out = tmp_path / "out"
     assert run(small_data_dir, out) == 0
     (out / "job.json").unlink()
+    what = json.loads((out / "run.json").read_text())
+    if "checkpoint.pt" not in what["files"]:  # as an interrupted run recorded its checkpoint before writing it
+        (out / "run.json").write_text(json.dumps({**what, "files": [*what["files"], "checkpoint.pt"]}))
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
     assert run(small_data_dir, out) == 2
     assert "checkpoint.pt: cannot resume" in capsys.readouterr().err

@@ -117,6 +117,9 @@ class RunDir:
         self.path = Path(path)
 
     def job_dir(self, name: str) -> Path:
+        """A job's folder, ``jobs/<name>``; the run directory itself for the run's own network ("")."""
+        if name and not _JOB_NAME.fullmatch(name):  # a name read back from a file must not lead out of the run
+            raise RunDirError(f"{self.path}: '{name[:80]}' is not a job name (letters, digits, '-' and '_')")
         return self.path / JOBS_DIR / name if name else self.path
 
     # --- starting ------------------------------------------------------------------------------------------
@@ -145,6 +148,7 @@ class RunDir:
                                   "directory of digit-recognizer; choose another --out (--overwrite clears only "
                                   "the files a run recorded as its own, never a folder without run.json)")
         else:
+            self._check_foreign(existing[FILES])
             changed = _differences(existing, what)
             if changed and not overwrite:
                 raise RunDirError(f"{self.path}: holds a run made with other settings ({'; '.join(changed[:4])}); "
@@ -161,6 +165,15 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         write_json({**what, FILES: [MANIFEST_FILE]}, self.path / MANIFEST_FILE)
         return False
+
+    def _check_foreign(self, files: list[str]) -> None:
+        """Refuse (RunDirError), before anything is removed or trained, a file or folder of a run's names that the
+        run here did not write: another's, which a later write of the run (of this kind or, after --overwrite,
+        another) would have to replace."""
+        for name in RUN_FILES:
+            if exists(self.path / name) and name not in files and not any(f.startswith(f"{name}/") for f in files):
+                raise RunDirError(f"{self.path / name}: not a file this run wrote, in its run directory; move it "
+                                  "away first (the project replaces only files a run recorded as its own)")
 
     def _clear(self, files: list[str]) -> None:
         """Remove the files a run recorded (and the temporaries of their interrupted writes), then the folders

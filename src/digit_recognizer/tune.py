@@ -130,6 +130,9 @@ def open_study(run_dir: RunDir, space: dict[str, Param], folds: int) -> optuna.S
     except Exception as err:  # SQLite and SQLAlchemy raise many kinds for a damaged database
         raise RunDirError(f"{path}: cannot read the study ({first_line(err)}); use --overwrite to start a new "
                           "search") from None
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE or optuna.get_all_study_names(storage) != [STUDY_NAME]:
+        raise RunDirError(f"{path}: not this project's study (one study, '{STUDY_NAME}', maximising accuracy); use "
+                          "--overwrite to start a new search")
     for trial in trials:
         fault = _trial_fault(trial, space, folds)
         if fault:
@@ -145,6 +148,14 @@ def _trial_fault(trial: FrozenTrial, space: dict[str, Param], folds: int) -> str
             TrainConfig.from_dict(attrs.get("config"), "its settings").validate()
         except (ValueError, TypeError) as err:
             return str(err)
+    for name, distribution in trial.distributions.items():  # a retried trial is asked with these again
+        if name not in space or distribution != space[name].distribution():
+            return f"its setting {name} is drawn from {distribution}, not from the searched space"
+        if not space[name].holds(trial.params[name]):
+            return f"its setting {name} = {trial.params[name]!r} is outside the searched space"
+    retry = attrs.get("retry_of", trial.number)
+    if isinstance(retry, bool) or not isinstance(retry, int) or not 0 <= retry <= trial.number:
+        return "its record of the trial it retries is damaged"
     if trial.state == TrialState.COMPLETE:
         if set(trial.params) != set(space):
             return f"its settings are {sorted(trial.params)}, not the searched {sorted(space)}"

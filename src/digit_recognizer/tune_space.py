@@ -60,6 +60,22 @@ class Param:
             return labels[trial.suggest_categorical(self.name, list(labels))]
         return trial.suggest_categorical(self.name, list(self.choices))
 
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        """The distribution :meth:`suggest` records in the study: a trial read back must have this one."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.choices is not None:
+            return CategoricalDistribution([label(c) if isinstance(c, tuple) else c for c in self.choices])
+        kind = IntDistribution if FIELD_TYPES[self.name] == "int" else FloatDistribution
+        return kind(self.low, self.high, log=self.log)
+
+    def holds(self, value: object) -> bool:
+        """Whether ``value``, as a study records it, is one that :meth:`suggest` can draw."""
+        if self.choices is not None:
+            return any(type(value) is type(choice) and value == choice for choice in self.distribution().choices)
+        kind = int if FIELD_TYPES[self.name] == "int" else int | float
+        return isinstance(value, kind) and not isinstance(value, bool) and self.low <= value <= self.high
+
     def extremes(self) -> list:
         """The values to check before a search: the bounds, or every choice."""
         return [self.low, self.high] if self.choices is None else list(self.choices)
