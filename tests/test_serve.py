@@ -22,15 +22,17 @@ import uvicorn
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image, ImageDraw, ImageFont
+from starlette.requests import ClientDisconnect
 
 from digit_recognizer.cli import main
 from digit_recognizer.data import Digits, write_csv
+from digit_recognizer.errors import BadRequest
 from digit_recognizer.export import export_onnx
 from digit_recognizer.loading import load_model
 from digit_recognizer.methods import estimator_proba
 from digit_recognizer.predict import OnnxPredictor, TorchPredictor
 from digit_recognizer.preprocess import ImageError, decode, mnist_like
-from digit_recognizer.serve import MAX_BATCH, MAX_DECODES, allowed_hosts, create_app, listen, serve
+from digit_recognizer.serve import MAX_BATCH, MAX_DECODES, allowed_hosts, create_app, listen, read_body, serve
 
 FONT = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
 LOCAL = "http://127.0.0.1"  # TestClient's default host, 'testserver', is refused like any non-loopback name
@@ -174,6 +176,14 @@ def test_health_and_openapi(client):
     assert page.status_code == 200 and "<canvas" in page.text
 
 
+def specks() -> Image.Image:
+    """Two white pixels at opposite corners of a large black image: ink that vanishes when fitted to 20x20."""
+    image = Image.new("L", (1000, 1000), 0)
+    image.putpixel((0, 0), 255)
+    image.putpixel((999, 999), 255)
+    return image
+
+
 BAD = {
     "not an image": ({"content": b"\x00\x01garbage", "headers": {"content-type": "image/png"}}, 400, "not an image"),
     "empty body": ({"content": b"", "headers": {"content-type": "image/png"}}, 400, "empty"),
@@ -183,6 +193,7 @@ BAD = {
                            400, "4096"),
     "blank image": ({"content": png(Image.new("L", (280, 280), 255)), "headers": {"content-type": "image/png"}},
                     422, "blank"),
+    "two specks far apart": ({"content": png(specks()), "headers": {"content-type": "image/png"}}, 422, "no digit"),
     "invalid json": ({"content": b"{pixels: ", "headers": {"content-type": "application/json"}}, 400, "JSON"),
     "json without pixels": ({"json": {"image": [0] * 784}}, 422, "pixels"),
     "wrong length": ({"json": {"pixels": [0] * 783}}, 422, "784"),
@@ -545,3 +556,19 @@ def test_serve_refuses_a_port_in_use_or_out_of_range(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert "serving" not in err and "cannot listen on 127.0.0.1:70000" in err and len(err.strip().splitlines()) == 1
     assert served == []
+
+
+def test_a_client_that_leaves_mid_upload_is_answered_not_logged():
+    """A body cut off by the client (Content-Length 1,000, ten bytes sent, the socket closed) is a 400 of the
+    API's own, not an exception with a traceback in the server's log for every such request."""
+    class Leaving:
+        def __init__(self) -> None:
+            self.headers = {}
+
+        async def stream(self):
+            yield b"\x89PNG\r\n\x1a\n00"
+            raise ClientDisconnect()
+
+    with pytest.raises(BadRequest) as refused:
+        asyncio.run(read_body(Leaving()))
+    assert refused.value.status == 400 and "disconnected" in refused.value.message

@@ -29,6 +29,10 @@ class ImageError(InputError):
     """An image that cannot be turned into a digit; the message says why."""
 
 
+class NoDigitError(ImageError):
+    """An image that was read but holds no digit (blank, or a few specks); the message says which."""
+
+
 class UsageError(Exception):
     """A command-line mistake: a flag or combination of flags that cannot work."""
 

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .data import SIDE
-from .errors import ImageError
+from .errors import ImageError, NoDigitError
 
 BOX = 20
 MAX_SIDE = 4096
@@ -65,7 +65,7 @@ def mnist_like(image: Image.Image) -> np.ndarray:
         grey, border = 255.0 - grey, 255.0 - border
     grey = np.clip(grey - np.median(border), 0, 255)  # paper that is not quite black becomes 0
     if grey.max() < 32:
-        raise ImageError("no digit found: the image is blank")
+        raise NoDigitError("no digit found: the image is blank")
     # Crop to the ink, ignoring faint noise.
     rows = np.flatnonzero(grey.max(axis=1) > 0.2 * grey.max())
     cols = np.flatnonzero(grey.max(axis=0) > 0.2 * grey.max())
@@ -76,7 +76,9 @@ def mnist_like(image: Image.Image) -> np.ndarray:
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     small = np.asarray(Image.fromarray(ink.astype(np.uint8)).resize(size, Image.Resampling.LANCZOS),
                        dtype=np.float32)
-    small = 255.0 * small / max(small.max(), 1.0)
+    if small.max() < 1:  # ink so sparse (two dots far apart, say) that shrinking it to the box leaves none
+        raise NoDigitError("no digit found: the ink is a few specks scattered over the image")
+    small = 255.0 * small / small.max()
     # Centre of mass to the field's centre.
     field = np.zeros((SIDE, SIDE), dtype=np.float32)
     total = small.sum()

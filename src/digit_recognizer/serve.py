@@ -29,9 +29,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from .data import N_PIXELS
-from .errors import BadRequest, ImageError
+from .errors import BadRequest, ImageError, NoDigitError
 from .predict import OnnxPredictor, TorchPredictor
 from .preprocess import decode, mnist_like
 
@@ -84,8 +85,10 @@ def pixels_from_image(body: bytes) -> tuple[np.ndarray, bool]:
     """An image's bytes -> (uint8 ``(1, 784)``, True); anything the decoders raise is the client's mistake."""
     try:
         return mnist_like(decode(body))[None, :], True
+    except NoDigitError as err:  # an image, but nothing to classify
+        raise BadRequest(422, str(err)) from None
     except ImageError as err:
-        raise BadRequest(422 if "blank" in str(err) else 400, str(err)) from None
+        raise BadRequest(400, str(err)) from None
     except Exception as err:  # a conversion PIL does not support (an exotic mode), or similar
         raise BadRequest(415, f"cannot use this image ({str(err) or type(err).__name__})") from None
 
@@ -96,11 +99,14 @@ async def read_body(request: Request) -> bytes:
     if declared and declared.isdigit() and int(declared) > MAX_BODY:
         raise BadRequest(413, f"body is {int(declared):,} bytes; at most {MAX_BODY:,}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise BadRequest(413, f"body is over {MAX_BODY:,} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise BadRequest(413, f"body is over {MAX_BODY:,} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client left mid-upload: nobody to answer, and nothing for the log
+        raise BadRequest(400, "the client disconnected before the body ended") from None
     return b"".join(chunks)
 
 
