@@ -177,6 +177,9 @@ def test_absurd_values_in_a_config_file_are_one_line(text, fragment, tmp_path, c
     ("[lr]\nlow = 0.01\nhigh = " + "9" * 400, "within float range"),
     ("[epochs]\nlow = 1\nhigh = " + "9" * 400, "cannot work"),
     ("x = " + "[" * 5000 + "]" * 5000, "cannot read the search space"),
+    # each choice can work alone, not together: a trial drawing both raised a traceback mid-search
+    ("[whiten]\nchoices = [true]\n[filters]\nchoices = [[4, 8, 8], [5, 8, 8]]\n",
+     "whiten True with filters 5,8,8 cannot work"),
 ])
 def test_absurd_values_in_a_space_file_are_one_line(text, fragment, tmp_path, capsys):
     path = tmp_path / "space.toml"

@@ -23,6 +23,7 @@ The search space is one TOML table per setting (:func:`read_space`)::
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import tomllib
 from dataclasses import dataclass
@@ -172,7 +173,8 @@ def _param(name: str, table: dict, key: str) -> Param:
 
 def check_space(space: dict[str, Param], method: str, base: TrainConfig, where: str = "search space") -> None:
     """Refuse, before any training, a setting the network does not use, and a range or choice that could not
-    train: each extreme is checked with :meth:`TrainConfig.validate` on top of ``base``."""
+    train: each extreme, and each pair of extremes of two settings, is checked with :meth:`TrainConfig.validate`
+    on top of ``base``."""
     for name, param in space.items():
         key = f"{where}: {name}"
         if name in SHAPE_SETTINGS and name not in check_method(method).shape:
@@ -182,6 +184,13 @@ def check_space(space: dict[str, Param], method: str, base: TrainConfig, where: 
                 dataclasses.replace(base, **{name: value}).validate()
             except ValueError as err:
                 raise ValueError(f"{key}: {label(value)} cannot work: {err}") from None
+    # Settings that constrain each other (whitening and the first filter count, say): every pair of extremes.
+    for first, second in itertools.combinations(space, 2):
+        for a, b in itertools.product(space[first].extremes(), space[second].extremes()):
+            try:
+                dataclasses.replace(base, **{first: a, second: b}).validate()
+            except ValueError as err:
+                raise ValueError(f"{where}: {first} {label(a)} with {second} {label(b)} cannot work: {err}") from None
 
 
 def make_space(method: str, base: TrainConfig, path: str | Path | None = None,
