@@ -165,12 +165,14 @@ def test_settings_files_are_read_with_bounds(flag, source, fifo, tmp_path, capsy
     ('{"lr": ' + "9" * 400 + "}", "within float range"),
     ("epochs = " + "9" * 400, "epochs must be in"),
     ("a = " + "[" * 5000 + "]" * 5000, "cannot read config"),
+    ('{"lr": 1e999}', "lr must be"),
+    ("seed = -1", "seed"),
 ])
 def test_absurd_values_in_a_config_file_are_one_line(text, fragment, tmp_path, capsys):
     path = tmp_path / ("c.json" if text.startswith("{") else "c.toml")
     path.write_text(text)
     assert main(["run", "--out", str(tmp_path / "out"), "--config", str(path)]) == 2
-    one_error_line(capsys, fragment)
+    one_error_line(capsys, fragment, str(path))
 
 
 @pytest.mark.parametrize("text,fragment", [

@@ -161,7 +161,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cfg.validate()
         resolve_device(cfg.device)
     except (ValueError, RuntimeError) as err:
-        raise UsageError(f"bad training setting: {err}") from None
+        source = "" if args.config is None else f" (from the flags and {args.config})"
+        raise UsageError(f"bad training setting{source}: {err}") from None
     return cfg
 
 
