@@ -327,6 +327,10 @@ def test_data_dir_that_is_a_file_or_an_onnx_that_is_a_folder_is_named_so(tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "a directory, not an ONNX file" in err
     assert not (tmp_path / "out").exists()
+    os.mkfifo(tmp_path / "pipe.onnx")  # there, but not a file: named as what it is, never read (it would block)
+    assert main(["serve", "--onnx", str(tmp_path / "pipe.onnx"), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pipe.onnx: not a regular file" in err
 
 
 def test_read_errors_are_data_errors(tmp_path):

@@ -62,7 +62,8 @@ class OnnxPredictor:
         import onnxruntime
 
         if not Path(path).is_file():
-            fault = "a directory, not an ONNX file" if Path(path).is_dir() else "file not found"
+            fault = ("a directory, not an ONNX file" if Path(path).is_dir() else
+                     "not a regular file (a device or a pipe, say)" if Path(path).exists() else "file not found")
             raise ValueError(f"{path}: {fault}")
         options = onnxruntime.SessionOptions()
         # ONNX Runtime's own log would add lines of its own to stderr for a failing model; the fault is reported
