@@ -148,7 +148,9 @@ class RunDir:
                                   "directory of digit-recognizer; choose another --out (--overwrite clears only "
                                   "the files a run recorded as its own, never a folder without run.json)")
         else:
-            self._check_foreign(existing[FILES])
+            # Before anything is removed or trained: a file of a run's names there that this run did not write
+            # is another's, which a later write (of this run or, after --overwrite, of another kind) would replace.
+            self._check_own(existing[FILES], RUN_FILES)
             changed = _differences(existing, what)
             if changed and not overwrite:
                 raise RunDirError(f"{self.path}: holds a run made with other settings ({'; '.join(changed[:4])}); "
@@ -165,15 +167,6 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         write_json({**what, FILES: [MANIFEST_FILE]}, self.path / MANIFEST_FILE)
         return False
-
-    def _check_foreign(self, files: list[str]) -> None:
-        """Refuse (RunDirError), before anything is removed or trained, a file or folder of a run's names that the
-        run here did not write: another's, which a later write of the run (of this kind or, after --overwrite,
-        another) would have to replace."""
-        for name in RUN_FILES:
-            if exists(self.path / name) and name not in files and not any(f.startswith(f"{name}/") for f in files):
-                raise RunDirError(f"{self.path / name}: not a file this run wrote, in its run directory; move it "
-                                  "away first (the project replaces only files a run recorded as its own)")
 
     def _clear(self, files: list[str]) -> None:
         """Remove the files a run recorded (and the temporaries of their interrupted writes), then the folders
@@ -200,8 +193,8 @@ class RunDir:
         self._check_own(self.read_manifest()[FILES], names)
 
     def _check_own(self, files: list[str], names: Iterable[str]) -> None:
-        for name in names:
-            if exists(self.path / name) and name not in files:
+        for name in names:  # a folder's name is the run's if the run recorded a file in it
+            if exists(self.path / name) and name not in files and not any(f.startswith(f"{name}/") for f in files):
                 raise RunDirError(f"{self.path / name}: not a file this run wrote, so it is not replaced; move it "
                                   "out of the run directory first")
             if name in files and (self.path / name).is_dir() and not (self.path / name).is_symlink():
