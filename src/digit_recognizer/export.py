@@ -8,8 +8,8 @@ import torch
 
 from .data import SIDE
 from .files import output_path
-from .loading import load_model
 from .methods import EnsembleModel, NetClassifier
+from .predict import TorchPredictor
 
 
 def export_onnx(run_dir: str | Path, path: str | Path) -> None:
@@ -18,7 +18,7 @@ def export_onnx(run_dir: str | Path, path: str | Path) -> None:
     Only a single network exports; an ensemble, a scikit-learn model or a network whose scores are not finite
     numbers (damaged weights) raises ValueError saying so.
     """
-    model = load_model(run_dir, device="cpu")
+    model = TorchPredictor(run_dir).model  # loaded, and its probabilities checked to be finite numbers
     if isinstance(model, EnsembleModel):
         raise ValueError(f"{run_dir}: an ensemble of {len(model.members)} models; export takes a single network "
                          f"(one member's folder under {Path(run_dir) / 'jobs'} exports)")
@@ -26,9 +26,6 @@ def export_onnx(run_dir: str | Path, path: str | Path) -> None:
         raise ValueError(f"{run_dir}: a scikit-learn model; export takes a single network (cnn, fast or mlp)")
     network = model.network_
     example = torch.rand(2, 1, SIDE, SIDE)
-    with torch.no_grad():
-        if not torch.isfinite(network(example)).all():  # finite weights that overflow: as damaged as NaN ones
-            raise ValueError(f"{run_dir}: the network predicts scores that are not finite numbers (damaged weights)")
     with output_path(path) as tmp:
         torch.onnx.export(
             network, (example,), str(tmp), input_names=["pixels"], output_names=["logits"],

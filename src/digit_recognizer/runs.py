@@ -28,7 +28,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -43,6 +42,7 @@ from .jobs import Job, JobRecord, compare_jobs, excluded_rows, plan_jobs, with_p
 from .loading import load_model
 from .methods import estimator_proba, make_estimator
 from .plots import plot_comparison, plot_confusion, plot_curves, plot_errors, plot_member_curves
+from .predict import TorchPredictor
 from .report import render_report
 from .rundir import (
     COMPARISON_FIGURE,
@@ -58,9 +58,6 @@ from .rundir import (
     read_trained_records,
     read_trained_run,
 )
-
-if TYPE_CHECKING:
-    from sklearn.base import BaseEstimator
 
 DEFAULT_PSEUDO_THRESHOLD = 0.99  # for a first stage trained on hard labels: default_pseudo_threshold
 PSEUDO_USE = "--pseudo-labels takes a finished run made by 'run' or 'train' on the same training data"
@@ -211,14 +208,11 @@ def network_probabilities(run: TrainedRun, jobs: list[Job], *images: np.ndarray,
     """Each network of the finished ``run`` (its ``jobs``), loaded from its files, all of them checked before any
     predicts; for each set of ``images``, every network's probabilities by job name."""
     run_dir = RunDir(run.path)
-    models: dict[str, BaseEstimator] = {job.name: load_model(run_dir.job_dir(job.name), device=device)
-                                        for job in jobs}
-    found = [{name: estimator_proba(model, x) for name, model in models.items()} for x in images]
-    for name in models:  # finite weights can still overflow: such a network is as damaged as its files
-        if not all(np.isfinite(proba[name]).all() for proba in found):
-            raise RunDirError(f"{run_dir.job_dir(name)}: the network predicts probabilities that are not finite "
-                              "numbers (damaged weights)")
-    return found
+    try:  # a predictor refuses a network whose probabilities are not finite numbers (weights that overflow)
+        networks = {job.name: TorchPredictor(run_dir.job_dir(job.name), device=device) for job in jobs}
+        return [{name: network(x) for name, network in networks.items()} for x in images]
+    except ValueError as err:
+        raise RunDirError(str(err)) from None
 
 
 def _pseudo_manifest(teacher: TrainedRun, pseudo: PseudoLabelSource, test: Digits) -> dict:
