@@ -146,7 +146,7 @@ def _kind_compare(run: Path) -> None:
     (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()), "kind": "compare"}))
 
 
-def _weights(path: Path, change) -> None:
+def change_weights(path: Path, change) -> None:
     """The weight matrices and filters (not the BatchNorm statistics) of a network's file, changed by ``change``."""
     from safetensors.torch import load_file, save_file
 
@@ -162,9 +162,9 @@ DAMAGED_RUNS = {
                         lambda run: _garbage(run / "jobs/member0-fold1/heldout.npz")),
     "weights garbage": ("jobs/member0-fold1/model.safetensors", "not a readable safetensors",
                         lambda run: _garbage(run / "jobs/member0-fold1/model.safetensors")),
-    "weights not numbers": ("jobs/member0-fold1/model.safetensors", "not finite", lambda run: _weights(
+    "weights not numbers": ("jobs/member0-fold1/model.safetensors", "not finite", lambda run: change_weights(
         run / "jobs/member0-fold1/model.safetensors", lambda t: t.fill_(float("nan")))),
-    "weights that overflow": ("jobs/member0-fold1", "not finite", lambda run: _weights(
+    "weights that overflow": ("jobs/member0-fold1", "not finite", lambda run: change_weights(
         run / "jobs/member0-fold1/model.safetensors", lambda t: t * 1e30)),
     "config garbage": ("jobs/member0-fold1/config.json", "not valid JSON",
                        lambda run: (run / "jobs/member0-fold1/config.json").write_text("{")),

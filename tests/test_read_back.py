@@ -12,7 +12,7 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
-from conftest import _weights, one_error_line
+from conftest import change_weights, one_error_line
 
 import digit_recognizer.rundir as rundir_module
 from digit_recognizer.cli import main
@@ -217,7 +217,7 @@ def test_a_network_that_computes_no_numbers_is_refused(command, change, fault, f
                                                        capsys):
     """Weights that are not numbers, or that overflow, would make every label 0 (the argmax of NaN) or fail every
     request: refused with one line naming the network, and nothing written."""
-    _weights(finished / "model.safetensors", change)
+    change_weights(finished / "model.safetensors", change)
     out = tmp_path / ("sub.csv" if command == "predict" else "model.onnx")
     args = {"predict": ["predict", "--model", str(finished), "--test", str(small_data_dir / "test.csv"), "--out",
                         str(out)],
